@@ -1,0 +1,153 @@
+"""Network architectures as plain data: the layers between the data layer and the loss.
+
+CaffeNet (Caffe's bvlc_reference_caffenet, the paper's net) is the default. `small` keeps the
+same 8 weight layers in the same order, with pooling and LRN in the same places, scaled down for
+small images and CPU runs. A treatment decides per weight layer whether it is copied, frozen or
+renamed; `gen` turns the result into prototxt. Nothing here knows about treatments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import CaffeTransferError
+
+
+class ProtoEnum(str):
+    """A protobuf enum value (printed unquoted in prototxt), e.g. MAX or TRAIN."""
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One layer. In-place layers (ReLU, Dropout) read and write the previous layer's blob."""
+
+    name: str
+    type: str
+    params: dict = field(default_factory=dict)
+    in_place: bool = False
+
+    @property
+    def learnable(self) -> bool:
+        return self.type in ("Convolution", "InnerProduct")
+
+
+@dataclass(frozen=True)
+class Architecture:
+    name: str
+    layers: tuple[Layer, ...]
+    image_size: int  # side of the stored (resized) images
+    crop_size: int
+    train_batch: int
+    val_batch: int
+    fc8_outputs: int | None  # None: as many as the dataset has classes
+
+    @property
+    def weight_layers(self) -> list[Layer]:
+        return [layer for layer in self.layers if layer.learnable]
+
+
+def _gaussian(std: float) -> dict:
+    return {"type": "gaussian", "std": std}
+
+
+def _constant(value: float) -> dict:
+    return {"type": "constant", "value": value}
+
+
+def _conv(name, num_output, kernel, std, bias, stride=1, pad=0, group=1) -> Layer:
+    p: dict = {"num_output": num_output}
+    if pad:
+        p["pad"] = pad
+    p["kernel_size"] = kernel
+    if group != 1:
+        p["group"] = group
+    if stride != 1:
+        p["stride"] = stride
+    p["weight_filler"] = _gaussian(std)
+    p["bias_filler"] = _constant(bias)
+    return Layer(name, "Convolution", {"convolution_param": p})
+
+
+def _fc(name, num_output, std, bias) -> Layer:
+    return Layer(name, "InnerProduct", {"inner_product_param": {
+        "num_output": num_output, "weight_filler": _gaussian(std), "bias_filler": _constant(bias)}})
+
+
+def _relu(name) -> Layer:
+    return Layer(name, "ReLU", in_place=True)
+
+
+def _pool(name, kernel=3, stride=2) -> Layer:
+    return Layer(name, "Pooling", {"pooling_param": {
+        "pool": ProtoEnum("MAX"), "kernel_size": kernel, "stride": stride}})
+
+
+def _lrn(name) -> Layer:
+    return Layer(name, "LRN", {"lrn_param": {"local_size": 5, "alpha": 0.0001, "beta": 0.75}})
+
+
+def _dropout(name) -> Layer:
+    return Layer(name, "Dropout", {"dropout_param": {"dropout_ratio": 0.5}}, in_place=True)
+
+
+def _body(convs: list[Layer], fcs: list[Layer]) -> tuple[Layer, ...]:
+    """The CaffeNet layer order, shared by every size: pool and LRN after conv1 and conv2."""
+    c1, c2, c3, c4, c5 = convs
+    f6, f7, f8 = fcs
+    return (
+        c1, _relu("relu1"), _pool("pool1"), _lrn("norm1"),
+        c2, _relu("relu2"), _pool("pool2"), _lrn("norm2"),
+        c3, _relu("relu3"), c4, _relu("relu4"), c5, _relu("relu5"), _pool("pool5"),
+        f6, _relu("relu6"), _dropout("drop6"),
+        f7, _relu("relu7"), _dropout("drop7"),
+        f8,
+    )
+
+
+def _caffenet(fc8: int) -> tuple[Layer, ...]:
+    return _body(
+        [_conv("conv1", 96, 11, 0.01, 0, stride=4),
+         _conv("conv2", 256, 5, 0.01, 1, pad=2, group=2),
+         _conv("conv3", 384, 3, 0.01, 0, pad=1),
+         _conv("conv4", 384, 3, 0.01, 1, pad=1, group=2),
+         _conv("conv5", 256, 3, 0.01, 1, pad=1, group=2)],
+        [_fc("fc6", 4096, 0.005, 1), _fc("fc7", 4096, 0.005, 1), _fc("fc8", fc8, 0.01, 0)])
+
+
+def _small(fc8: int) -> tuple[Layer, ...]:
+    # Sized for 28x28 crops of 32x32 images: 28 -> pool 14 -> pool 7 -> pool5 3 (3x3x64 into fc6).
+    return _body(
+        [_conv("conv1", 32, 5, 0.01, 0, pad=2),
+         _conv("conv2", 64, 5, 0.01, 1, pad=2, group=2),
+         _conv("conv3", 96, 3, 0.01, 0, pad=1),
+         _conv("conv4", 96, 3, 0.01, 1, pad=1, group=2),
+         _conv("conv5", 64, 3, 0.01, 1, pad=1, group=2)],
+        [_fc("fc6", 256, 0.005, 1), _fc("fc7", 256, 0.005, 1), _fc("fc8", fc8, 0.01, 0)])
+
+
+_BUILDERS = {
+    "caffenet": (_caffenet, dict(image_size=256, crop_size=227, train_batch=256, val_batch=50,
+                                 fc8_outputs=1000)),
+    "small": (_small, dict(image_size=32, crop_size=28, train_batch=64, val_batch=100,
+                           fc8_outputs=None)),
+}
+ARCHITECTURES = tuple(_BUILDERS)
+
+
+def architecture(name: str, fc8_outputs: int) -> Architecture:
+    """The named architecture with an fc8 of `fc8_outputs` units."""
+    if name not in _BUILDERS:
+        raise CaffeTransferError(
+            f"unknown architecture {name!r}: expected one of {', '.join(ARCHITECTURES)}")
+    build, sizes = _BUILDERS[name]
+    if fc8_outputs < 1:
+        raise CaffeTransferError(f"fc8 outputs {fc8_outputs}: expected a positive number")
+    return Architecture(name=name, layers=build(fc8_outputs), **sizes)
+
+
+def default_fc8_outputs(name: str) -> int | None:
+    """The architecture's own fc8 width; None means one unit per class of the dataset."""
+    if name not in _BUILDERS:
+        raise CaffeTransferError(
+            f"unknown architecture {name!r}: expected one of {', '.join(ARCHITECTURES)}")
+    return _BUILDERS[name][1]["fc8_outputs"]

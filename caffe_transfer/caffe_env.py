@@ -1,0 +1,136 @@
+"""Finding the Caffe that `tools/install_caffe.sh` built: its binaries, pycaffe and `caffe_pb2`.
+
+The install script puts everything under one prefix, `CAFFE_ROOT` (default `/opt/caffe`):
+`bin/caffe` and the tools, `lib/libcaffe.so`, and pycaffe in `lib/python3/dist-packages`. This
+module finds that prefix (the `CAFFE_ROOT` environment variable wins), imports pycaffe from it,
+and reports what is missing with the command that fixes it (`caffe-transfer doctor`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import CaffeTransferError
+
+DEFAULT_ROOT = Path("/opt/caffe")
+PYCAFFE_SUBDIR = Path("lib/python3/dist-packages")
+TOOLS = ("caffe", "upgrade_net_proto_text", "upgrade_solver_proto_text", "compute_image_mean",
+         "convert_imageset")
+INSTALL_HINT = "run `sudo tools/install_caffe.sh` (or `make setup`) to build Caffe"
+
+
+def caffe_root() -> Path:
+    return Path(os.environ.get("CAFFE_ROOT") or DEFAULT_ROOT)
+
+
+def tool(name: str) -> Path:
+    """Path of a Caffe binary (`caffe`, `upgrade_net_proto_text`, ...)."""
+    path = caffe_root() / "bin" / name
+    if path.is_file() and os.access(path, os.X_OK):
+        return path
+    found = shutil.which(name)
+    if found:
+        return Path(found)
+    raise CaffeTransferError(f"Caffe tool {name!r} not found in {caffe_root() / 'bin'} or on PATH: {INSTALL_HINT}")
+
+
+def _add_pycaffe_path() -> None:
+    path = str(caffe_root() / PYCAFFE_SUBDIR)
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+
+def caffe_pb2():
+    """Caffe's own protobuf module (`caffe.proto.caffe_pb2`)."""
+    _add_pycaffe_path()
+    try:
+        return importlib.import_module("caffe.proto.caffe_pb2")
+    except ImportError as e:
+        raise CaffeTransferError(f"cannot import caffe.proto.caffe_pb2 ({e}): {INSTALL_HINT}") from None
+
+
+def pycaffe(quiet: bool = True):
+    """The `caffe` Python module, in CPU mode unless the caller switches it.
+
+    `quiet` raises glog's threshold first, so that loading nets does not print every layer."""
+    if quiet:
+        os.environ.setdefault("GLOG_minloglevel", "2")
+    _add_pycaffe_path()
+    try:
+        return importlib.import_module("caffe")
+    except ImportError as e:
+        raise CaffeTransferError(f"cannot import pycaffe ({e}): {INSTALL_HINT}") from None
+
+
+def run_tool(name: str, *args: str | Path) -> subprocess.CompletedProcess:
+    """Run a Caffe tool to completion; its failure becomes a CaffeTransferError with its last line."""
+    proc = subprocess.run([str(tool(name)), *map(str, args)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise CaffeTransferError(f"{name} failed (exit {proc.returncode}): {last}")
+    return proc
+
+
+@dataclass
+class Check:
+    what: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+def gpu_count() -> int:
+    """GPUs the driver reports; 0 where nvidia-smi is missing or sees none."""
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return 0
+    proc = subprocess.run([smi, "-L"], capture_output=True, text=True)
+    return sum(1 for line in proc.stdout.splitlines() if line.startswith("GPU ")) if proc.returncode == 0 else 0
+
+
+def doctor() -> list[Check]:
+    """What a working setup needs, each with what was found and, where missing, the fix."""
+    root = caffe_root()
+    checks = [Check("CAFFE_ROOT", root.is_dir(), str(root),
+                    "" if root.is_dir() else INSTALL_HINT)]
+    stamp = root / ".caffe-transfer-build"
+    build = stamp.read_text().strip() if stamp.is_file() else "no build stamp"
+    checks.append(Check("build", stamp.is_file(), build, "" if stamp.is_file() else INSTALL_HINT))
+    for name in TOOLS:
+        try:
+            path = tool(name)
+            checks.append(Check(name, True, str(path)))
+        except CaffeTransferError:
+            checks.append(Check(name, False, "not found", INSTALL_HINT))
+    try:
+        version = run_tool("caffe", "--version").stdout.strip() or "unknown"
+        checks.append(Check("caffe --version", True, version))
+    except CaffeTransferError as e:
+        checks.append(Check("caffe --version", False, str(e), INSTALL_HINT))
+    try:
+        caffe = pycaffe()
+        gpu_build = "mode=cuda" in build
+        checks.append(Check("pycaffe", True, f"caffe {caffe.__version__} from {Path(caffe.__file__).parent}"))
+    except CaffeTransferError as e:
+        gpu_build = False
+        checks.append(Check("pycaffe", False, str(e), INSTALL_HINT + " for this Python (PYTHON=...)"))
+    import google.protobuf
+    import numpy
+
+    checks.append(Check("python", True, f"{sys.executable} {sys.version.split()[0]}, numpy {numpy.__version__}, "
+                                        f"protobuf {google.protobuf.__version__}"))
+    gpus = gpu_count()
+    if gpu_build:
+        checks.append(Check("mode", gpus > 0, f"CUDA build, {gpus} GPU(s) visible",
+                            "" if gpus else "no GPU visible: train with --cpu, or check the driver"))
+    else:
+        fix = ("GPUs are visible but Caffe is CPU-only: rebuild with CAFFE_CUDA=1 tools/install_caffe.sh"
+               if gpus else "")
+        checks.append(Check("mode", True, f"CPU-only build ({gpus} GPU(s) visible)", fix))
+    return checks

@@ -1,0 +1,135 @@
+"""The `caffe-transfer` command: a thin layer of click commands over the library's functions.
+
+Each command parses its options and calls one plain function. Errors the library raises as
+CaffeTransferError become a one-line message and exit status 1, here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import CaffeTransferError
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except CaffeTransferError as e:
+            raise click.ClickException(str(e)) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="caffe-transfer")
+def cli() -> None:
+    """Reproduce Yosinski et al. 2014, "How transferable are features in deep neural
+    networks?", on real BVLC Caffe."""
+
+
+@cli.command()
+def doctor() -> None:
+    """Report the Caffe install (binaries, pycaffe, versions, CPU/GPU) and how to fix gaps."""
+    from .caffe_env import doctor as run_checks
+
+    checks = run_checks()
+    for c in checks:
+        mark = "ok " if c.ok else "MISSING"
+        click.echo(f"{mark:8}{c.what:28}{c.detail}")
+        if c.fix:
+            click.echo(f"{'':8}{'':28}-> {c.fix}")
+    if not all(c.ok for c in checks):
+        raise SystemExit(1)
+
+
+def _treatment_options(f):
+    f = click.option("--split", help="Split: 0..3 (random halves) or natman.")(f)
+    f = click.option("--n", "n", type=int, help="Number of transferred (or frozen) layers, 1..7.")(f)
+    return f
+
+
+@cli.command()
+@click.argument("name")
+@_treatment_options
+def describe(name: str, n: int | None, split: str | None) -> None:
+    """Show what a treatment is: folder name, notation, datasets and what each layer gets."""
+    from .architectures import architecture
+    from .treatments import parse
+
+    t = parse(name, n=n, split=split)
+    weight_layers = [w.name for w in architecture("caffenet", 1000).weight_layers]
+    click.echo(f"folder      {t.name}")
+    click.echo(f"notation    {t.notation}   (family {t.family}{', split ' + t.split if t.split else ''})")
+    click.echo(f"trains on   {t.train_set}, validates on {t.val_set}, mean of {t.mean_set}")
+    click.echo(f"solver      {t.schedule} schedule")
+    if t.base:
+        click.echo(f"base        {t.base.name} (its final snapshot)")
+    for role in t.layer_roles(weight_layers):
+        source = f"copied from {role.copied_from}" if role.copied_from else "filler init"
+        click.echo(f"  {role.name:10} {source:22} {'frozen' if role.frozen else 'trained'}")
+
+
+def _parse_solver_override(values: tuple[str, ...]) -> dict:
+    out = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise CaffeTransferError(f"--solver {item!r}: expected KEY=VALUE, e.g. max_iter=500")
+        for cast in (int, float):
+            try:
+                out[key] = cast(value)
+                break
+            except ValueError:
+                continue
+        else:
+            out[key] = value
+    return out
+
+
+@cli.command()
+@click.option("--treatment", "-t", help="Paper notation (AnB, BnB+, baseA, random, ...) or an "
+              "authors' folder name (transfer0A0B_1_3, half0A, nolearn_1_4, ...).")
+@_treatment_options
+@click.option("--all", "grid", is_flag=True, help="Write the authors' whole grid of 170 nets "
+              "under OUT, one folder each, named as the authors named them.")
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path),
+              help="Run folder to write (with --all: the folder that holds the run folders).")
+@click.option("--arch", default="caffenet", show_default=True, help="Architecture: caffenet or small.")
+@click.option("--data-root", default="data", show_default=True, type=click.Path(path_type=Path),
+              help="Folder with one subfolder per dataset (half0A_train/lmdb, .../mean.binaryproto).")
+@click.option("--backend", default="lmdb", show_default=True, help="Database backend: lmdb or leveldb.")
+@click.option("--fc8-outputs", help="fc8 width: a number, or 'classes' for the paper's N-way head "
+              "(default: 1000 for caffenet, as in every released net; classes for small).")
+@click.option("--base-weights", type=click.Path(path_type=Path),
+              help="Base .caffemodel for a transfer (default: the base run's final snapshot beside OUT).")
+@click.option("--cpu", is_flag=True, help="solver_mode CPU instead of GPU.")
+@click.option("--solver", "solver", multiple=True, metavar="KEY=VALUE",
+              help="Override a solver value, e.g. --solver max_iter=1000 (repeatable).")
+@click.option("--force", is_flag=True, help="Overwrite run folders that already hold snapshots.")
+def gen(treatment, n, split, grid, out, arch, data_root, backend, fc8_outputs, base_weights, cpu,
+        solver, force) -> None:
+    """Write solver, train/val and deploy prototxts and treatment.json for a treatment."""
+    from .gen import GenOptions, write_runs
+    from .treatments import authors_grid, parse
+
+    options = GenOptions(arch=arch, data_root=data_root, backend=backend, fc8_outputs=fc8_outputs,
+                         base_weights=base_weights, gpu=not cpu, solver=_parse_solver_override(solver))
+    if grid:
+        if treatment or n is not None or split is not None:
+            raise CaffeTransferError("--all writes the whole grid: drop --treatment/--n/--split")
+        runs = {out / t.name: t for t in authors_grid()}
+    elif treatment:
+        runs = {out: parse(treatment, n=n, split=split)}
+    else:
+        raise CaffeTransferError("gen needs --treatment NAME (e.g. AnB --n 3 --split 0) or --all")
+    written = write_runs(runs, options, force=force)
+    if grid:
+        click.echo(f"wrote {len(written)} run folders under {out}")
+    else:
+        click.echo(f"wrote {runs[out].describe()} to {out}")
+
+
+def main() -> None:
+    cli(prog_name="caffe-transfer")

@@ -1,0 +1,259 @@
+"""Run folders: the prototxts and the treatment description of one net, or of the whole grid.
+
+`render_run` turns a treatment and an architecture into plain data (layers with their blobs,
+`param` multipliers and include phases; the solver values) and the Jinja2 templates in
+`templates/` only print it. `write_run` writes a folder atomically and refuses to touch one that
+already holds snapshots unless forced.
+
+A run folder holds `train_val.prototxt`, `solver.prototxt`, `deploy.prototxt` and
+`treatment.json`. Caffe runs with the run folder as its working directory, so the solver names the
+net and the snapshot prefix relative to it; data, mean and base weights are absolute paths.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+
+from . import __version__
+from .architectures import Architecture, ProtoEnum, architecture, default_fc8_outputs
+from .errors import CaffeTransferError
+from .solvers import solver_values
+from .splits import IMAGENET_CLASSES, half_classes
+from .treatments import Kind, Treatment
+
+TRAINABLE = [{"lr_mult": 1, "decay_mult": 1}, {"lr_mult": 2, "decay_mult": 0}]
+FROZEN = [{"lr_mult": 0, "decay_mult": 0}, {"lr_mult": 0, "decay_mult": 0}]
+BACKENDS = ("lmdb", "leveldb")
+RUN_FILES = ("train_val.prototxt", "solver.prototxt", "deploy.prototxt", "treatment.json")
+SNAPSHOT_DIR = "snapshots"
+NET_NAME = "CaffeNet"
+
+
+@dataclass
+class GenOptions:
+    """Everything besides the treatment that decides a run folder's contents."""
+
+    arch: str = "caffenet"
+    data_root: Path = Path("data")
+    backend: str = "lmdb"
+    fc8_outputs: int | str | None = None  # None: the architecture's default; "classes": N-way
+    base_weights: Path | None = None      # None: the base run's final snapshot beside this run
+    gpu: bool = True
+    solver: dict = field(default_factory=dict)  # overrides of the schedule's values
+
+
+# --- data ----------------------------------------------------------------------------------
+def dataset_dir(data_root: Path, dataset: str) -> Path:
+    """Where a dataset's list, LMDB and mean live: `DATA_ROOT/<dataset>/`."""
+    return Path(data_root).resolve() / dataset
+
+
+def db_path(data_root: Path, dataset: str, backend: str) -> Path:
+    return dataset_dir(data_root, dataset) / backend
+
+
+def mean_path(data_root: Path, dataset: str) -> Path:
+    return dataset_dir(data_root, dataset) / "mean.binaryproto"
+
+
+def num_classes(treatment: Treatment, data_root: Path) -> int:
+    """Classes of the training set: its idxmap where the lists exist, else ImageNet's counts."""
+    idxmap = dataset_dir(data_root, treatment.train_set) / "idxmap.txt"
+    if idxmap.is_file():
+        return sum(1 for line in idxmap.read_text().splitlines() if line.strip() and not line.startswith("#"))
+    if treatment.kind in (Kind.BASE, Kind.TRANSFER):
+        return len(half_classes(treatment.split, treatment.half))
+    return IMAGENET_CLASSES
+
+
+def resolve_fc8(treatment: Treatment, options: GenOptions) -> int:
+    value = options.fc8_outputs
+    if value is None:
+        value = default_fc8_outputs(options.arch) or "classes"
+    if value == "classes":
+        return num_classes(treatment, options.data_root)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise CaffeTransferError(f"fc8 outputs {value!r}: expected a number or 'classes'") from None
+
+
+# --- nets ----------------------------------------------------------------------------------
+def body_layers(treatment: Treatment, arch: Architecture) -> tuple[list[dict], str]:
+    """The layers between data and loss, renamed and frozen as the treatment says, and the
+    name of the last blob."""
+    roles = {r.layer: r for r in treatment.layer_roles([w.name for w in arch.weight_layers])}
+    blob, layers = "data", []
+    for layer in arch.layers:
+        role = roles.get(layer.name)
+        name = role.name if role else layer.name
+        bottom = blob
+        if not layer.in_place:
+            blob = name
+        entry: dict = {"name": name, "type": layer.type, "bottom": bottom, "top": blob}
+        if role:
+            entry["param"] = FROZEN if role.frozen else TRAINABLE
+        entry.update(layer.params)
+        layers.append(entry)
+    return layers, blob
+
+
+def _data_layer(phase: str, source: Path, backend: str, mean: Path, batch: int, crop: int) -> dict:
+    return {
+        "name": "data", "type": "Data", "top": ["data", "label"],
+        "include": {"phase": ProtoEnum(phase)},
+        "transform_param": {"mirror": phase == "TRAIN", "crop_size": crop, "mean_file": str(mean)},
+        "data_param": {"source": str(source), "batch_size": batch, "backend": ProtoEnum(backend.upper())},
+    }
+
+
+def train_val_layers(treatment: Treatment, arch: Architecture, options: GenOptions) -> list[dict]:
+    if options.backend not in BACKENDS:
+        raise CaffeTransferError(f"backend {options.backend!r}: expected one of {', '.join(BACKENDS)}")
+    mean = mean_path(options.data_root, treatment.mean_set)
+    body, out = body_layers(treatment, arch)
+    train = ProtoEnum("TRAIN")
+    test = ProtoEnum("TEST")
+    return [
+        _data_layer("TRAIN", db_path(options.data_root, treatment.train_set, options.backend),
+                    options.backend, mean, arch.train_batch, arch.crop_size),
+        _data_layer("TEST", db_path(options.data_root, treatment.val_set, options.backend),
+                    options.backend, mean, arch.val_batch, arch.crop_size),
+        *body,
+        # As in the authors' nets: the train net ends in the loss, the val net in softmax + accuracy.
+        {"name": "loss", "type": "SoftmaxWithLoss", "bottom": [out, "label"], "include": {"phase": train}},
+        {"name": "prob", "type": "Softmax", "bottom": out, "top": "prob", "include": {"phase": test}},
+        {"name": "accuracy", "type": "Accuracy", "bottom": ["prob", "label"], "top": "accuracy",
+         "include": {"phase": test}},
+    ]
+
+
+def deploy_layers(treatment: Treatment, arch: Architecture) -> list[dict]:
+    body, out = body_layers(treatment, arch)
+    shape = {"dim": [10, 3, arch.crop_size, arch.crop_size]}
+    return [{"name": "data", "type": "Input", "top": "data", "input_param": {"shape": shape}},
+            *body, {"name": "prob", "type": "Softmax", "bottom": out, "top": "prob"}]
+
+
+# --- run folders ---------------------------------------------------------------------------
+def snapshot_prefix(treatment: Treatment) -> str:
+    return f"{SNAPSHOT_DIR}/{treatment.name}"
+
+
+def final_snapshot(run_dir: Path, treatment: Treatment, max_iter: int) -> Path:
+    """The .caffemodel Caffe writes at the end of a run (its last iteration)."""
+    return Path(run_dir) / f"{snapshot_prefix(treatment)}_iter_{max_iter}.caffemodel"
+
+
+def _environment() -> jinja2.Environment:
+    from .resources import resource_dir
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(resource_dir("templates")),
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env.filters["proto"] = _proto_value
+    return env
+
+
+def _proto_value(value) -> str:
+    if isinstance(value, ProtoEnum):
+        return str(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def render_run(treatment: Treatment, options: GenOptions, out_dir: Path) -> dict[str, str]:
+    """The contents of every file of the run folder `out_dir`, keyed by file name."""
+    arch = architecture(options.arch, resolve_fc8(treatment, options))
+    solver = solver_values(treatment.schedule, options.solver, gpu=options.gpu)
+    out_dir = Path(out_dir).resolve()
+    roles = treatment.layer_roles([w.name for w in arch.weight_layers])
+    base = treatment.base
+    base_weights = None
+    if base:
+        base_weights = options.base_weights or final_snapshot(
+            out_dir.parent / base.name, base, solver_values(base.schedule, options.solver)["max_iter"])
+    description = {
+        "name": treatment.name,
+        "notation": treatment.notation,
+        "family": treatment.family,
+        "kind": treatment.kind.value,
+        "split": treatment.split,
+        "half": treatment.half,
+        "source_half": treatment.source,
+        "n": treatment.n,
+        "fine_tune": treatment.fine_tune,
+        "images_per_class": treatment.per_class,
+        "architecture": arch.name,
+        "fc8_outputs": arch.weight_layers[-1].params["inner_product_param"]["num_output"],
+        "train_set": treatment.train_set,
+        "val_set": treatment.val_set,
+        "mean_set": treatment.mean_set,
+        "train_source": str(db_path(options.data_root, treatment.train_set, options.backend)),
+        "val_source": str(db_path(options.data_root, treatment.val_set, options.backend)),
+        "mean_file": str(mean_path(options.data_root, treatment.mean_set)),
+        "base": base.name if base else None,
+        "base_weights": str(base_weights) if base_weights else None,
+        "layers": [{"layer": r.layer, "name": r.name, "copied_from": r.copied_from,
+                    "frozen": r.frozen, "renamed": r.renamed} for r in roles],
+        "solver": {k: str(v) if isinstance(v, ProtoEnum) else v for k, v in solver.items()},
+        "snapshot_prefix": snapshot_prefix(treatment),
+        "generator": f"caffe-transfer {__version__}",
+    }
+    env = _environment()
+    common = {"treatment": treatment, "arch": arch, "version": __version__, "net_name": NET_NAME}
+    solver_fields = {"net": "train_val.prototxt", **solver, "snapshot_prefix": snapshot_prefix(treatment)}
+    return {
+        "train_val.prototxt": env.get_template("train_val.prototxt.j2").render(
+            layers=train_val_layers(treatment, arch, options), **common),
+        "deploy.prototxt": env.get_template("deploy.prototxt.j2").render(
+            layers=deploy_layers(treatment, arch), **common),
+        "solver.prototxt": env.get_template("solver.prototxt.j2").render(solver=solver_fields, **common),
+        "treatment.json": json.dumps(description, indent=2) + "\n",
+    }
+
+
+def has_snapshots(run_dir: Path) -> bool:
+    snaps = Path(run_dir) / SNAPSHOT_DIR
+    return snaps.is_dir() and any(p.suffix in (".caffemodel", ".solverstate") for p in snaps.iterdir())
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file and a rename: never half-written."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_runs(runs: dict[Path, Treatment], options: GenOptions, force: bool = False) -> list[Path]:
+    """Write each run folder. Everything is rendered and checked before the first file is
+    written, so a bad option or a protected folder leaves the disk as it was."""
+    rendered = {}
+    for out_dir, treatment in runs.items():
+        if has_snapshots(out_dir) and not force:
+            raise CaffeTransferError(
+                f"{out_dir} already holds snapshots of a run: refusing to overwrite it (use --force)")
+        rendered[Path(out_dir)] = render_run(treatment, options, out_dir)
+    for out_dir, files in rendered.items():
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            for name, text in files.items():
+                write_atomic(out_dir / name, text)
+        except OSError as e:
+            raise CaffeTransferError(f"cannot write run folder {out_dir}: {e.strerror or e}") from None
+    return list(rendered)

@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# Build BVLC Caffe (Debian's patched source package 1.0.0+git20180821.99bd997) into one prefix.
+#
+# Why Debian's source package: it is the last maintained BVLC Caffe, with fixes for current
+# compilers and Python 3; with Debian 12's libraries it needs only the protobuf 3.21 fix below.
+# The source comes through apt's source packages from the suite that still carries it, using the
+# mirror already in this machine's apt sources, and is checked against pinned .dsc checksums.
+#
+# Idempotent and cached: a second run with the same settings checks a stamp and exits in seconds.
+#
+# Settings (environment):
+#   CAFFE_ROOT   install prefix (default /opt/caffe); caffe-transfer looks there by default
+#   PYTHON       interpreter pycaffe is built for (default python3); it needs numpy installed
+#   CAFFE_CUDA   auto (default): CUDA when nvcc exists and nvidia-smi sees a GPU; 1: force CUDA
+#                (e.g. in a Docker build, where no GPU is visible); 0: CPU only
+#   CUDA_ARCH_BIN  CUDA architectures for a CUDA build (default "60 70 75 80 86 89 90")
+#   JOBS         parallel build jobs (default: number of cores)
+set -euo pipefail
+
+CAFFE_ROOT=${CAFFE_ROOT:-/opt/caffe}
+PYTHON=${PYTHON:-python3}
+CAFFE_CUDA=${CAFFE_CUDA:-auto}
+CUDA_ARCH_BIN=${CUDA_ARCH_BIN:-60 70 75 80 86 89 90}
+JOBS=${JOBS:-$(nproc)}
+
+SRC_PACKAGE=caffe
+SRC_VERSION=1.0.0+git20180821.99bd997-8
+SRC_SUITE=bullseye
+DSC_FILE=caffe_${SRC_VERSION}.dsc
+DSC_SHA256=c492f4893fc1ba1fb514b2d9b4763bc78dc93571ea24adc6e604eccbb93cdd64
+
+BUILD_DEPS=(build-essential cmake dpkg-dev libprotobuf-dev libprotoc-dev protobuf-compiler
+  libgoogle-glog-dev libgflags-dev libboost-filesystem-dev libboost-system-dev
+  libboost-thread-dev libboost-python-dev libhdf5-dev liblmdb-dev libopenblas-dev
+  libopencv-dev libsnappy-dev)
+
+# The Debian archive URI this machine's apt already uses (deb822 .sources first, then one-line lists).
+find_mirror() {
+  { awk '/^URIs:/{for (i = 2; i <= NF; i++) print $i}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true
+    awk '$1 == "deb" {for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) {print $i; break}}' \
+      /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null || true
+  } | grep -v -e security -e updates | head -n1 || true
+}
+
+log() { printf '[install_caffe] %s\n' "$*" >&2; }
+die() { printf '[install_caffe] error: %s\n' "$*" >&2; exit 1; }
+
+case "$CAFFE_CUDA" in
+  auto) if command -v nvcc >/dev/null && nvidia-smi -L >/dev/null 2>&1; then CUDA=1; else CUDA=0; fi ;;
+  0|1) CUDA=$CAFFE_CUDA ;;
+  *) die "CAFFE_CUDA=$CAFFE_CUDA: expected auto, 0 or 1" ;;
+esac
+[ "$CUDA" = 0 ] || command -v nvcc >/dev/null || die "CAFFE_CUDA=1 but nvcc is not on PATH"
+
+command -v "$PYTHON" >/dev/null || die "PYTHON=$PYTHON: no such interpreter"
+read -r PY_EXE PY_VER PY_INC PY_LIB NUMPY_VER < <("$PYTHON" - <<'PY'
+import os, sys, sysconfig
+try:
+    import numpy
+except ImportError:
+    sys.exit("[install_caffe] error: numpy is not installed for %s; pip install numpy first" % sys.executable)
+libdir = sysconfig.get_config_var("LIBDIR") or ""
+lib = os.path.join(libdir, sysconfig.get_config_var("LDLIBRARY") or "")
+print(os.path.realpath(sys.executable), "%d.%d" % sys.version_info[:2],
+      sysconfig.get_paths()["include"], lib, numpy.__version__)
+PY
+)
+
+MODE=$([ "$CUDA" = 1 ] && echo "cuda:${CUDA_ARCH_BIN// /,}" || echo cpu)
+SCRIPT_SHA=$(sha256sum "${BASH_SOURCE[0]}" | cut -c1-16)
+STAMP_TEXT="source=$SRC_VERSION mode=$MODE python=$PY_EXE/$PY_VER numpy=${NUMPY_VER%%.*} script=$SCRIPT_SHA"
+STAMP=$CAFFE_ROOT/.caffe-transfer-build
+
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$STAMP_TEXT" ] && [ -x "$CAFFE_ROOT/bin/caffe" ]; then
+  log "up to date in $CAFFE_ROOT ($STAMP_TEXT)"
+  exit 0
+fi
+
+# --- build dependencies -------------------------------------------------------------------
+missing=()
+for p in "${BUILD_DEPS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  [ "$(id -u)" = 0 ] || die "missing packages ${missing[*]}: run this script as root (it uses apt-get)"
+  log "installing ${#missing[@]} build dependencies with apt-get"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# --- source package -----------------------------------------------------------------------
+CACHE=$CAFFE_ROOT/cache
+mkdir -p "$CACHE"
+if ! echo "$DSC_SHA256  $CACHE/$DSC_FILE" | sha256sum -c --status 2>/dev/null; then
+  # A temporary deb-src entry for the suite that carries the package, built from the mirror URI
+  # this machine already uses, in a private apt state so the system's sources stay untouched.
+  uri=$(find_mirror)
+  [ -n "$uri" ] || die "no Debian mirror URI found in /etc/apt/sources.list{,.d}"
+  apt_dir=$(mktemp -d)
+  trap 'rm -rf "$apt_dir"' EXIT
+  mkdir -p "$apt_dir/lists/partial"
+  cat > "$apt_dir/src.sources" <<SRC
+Types: deb-src
+URIs: $uri
+Suites: $SRC_SUITE
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+  apt_opts=(-o "Dir::Etc::SourceList=$apt_dir/src.sources" -o Dir::Etc::SourceParts=/dev/null
+            -o "Dir::State::Lists=$apt_dir/lists" -o APT::Sandbox::User=root)
+  log "fetching source package $SRC_PACKAGE $SRC_VERSION ($SRC_SUITE)"
+  apt-get "${apt_opts[@]}" update -qq
+  (cd "$CACHE" && apt-get "${apt_opts[@]}" source --download-only -qq "$SRC_PACKAGE=$SRC_VERSION" >/dev/null)
+  echo "$DSC_SHA256  $CACHE/$DSC_FILE" | sha256sum -c --status || die "$DSC_FILE does not match its pinned sha256"
+fi
+# Every file the .dsc names must match the .dsc's sha256.
+awk '/^Checksums-Sha256:/{f=1; next} /^[^ ]/{f=0} f{print $1 "  " $3}' "$CACHE/$DSC_FILE" \
+  | (cd "$CACHE" && sha256sum -c --quiet) || die "source files do not match $DSC_FILE"
+log "source package verified against $DSC_FILE"
+
+SRC=$CAFFE_ROOT/src
+rm -rf "$SRC" "$CAFFE_ROOT/build"
+dpkg-source --no-check -x "$CACHE/$DSC_FILE" "$SRC" >/dev/null
+
+# --- fixes for today's libraries ----------------------------------------------------------
+# protobuf >= 3.21 dropped the two-argument SetTotalBytesLimit.
+sed -i 's/SetTotalBytesLimit(kProtoReadBytesLimit, 536870912)/SetTotalBytesLimit(kProtoReadBytesLimit)/' \
+  "$SRC/src/caffe/util/io.cpp"
+grep -q 'SetTotalBytesLimit(kProtoReadBytesLimit)' "$SRC/src/caffe/util/io.cpp" || die "protobuf fix did not apply"
+if [ "$CUDA" = 1 ]; then
+  # CUDA 13 removed these cudaDeviceProp fields; only DeviceQuery prints them.
+  sed -i -e '/prop\.clockRate/d' -e '/prop\.kernelExecTimeoutEnabled/d' -e '/prop\.deviceOverlap/d' \
+    -e '/Concurrent copy and execution/d' -e '/Kernel execution timeout/d' "$SRC/src/caffe/common.cpp"
+fi
+
+# --- build ----------------------------------------------------------------------------------
+cmake_args=(-DCMAKE_BUILD_TYPE=Release -DCMAKE_INSTALL_PREFIX="$CAFFE_ROOT"
+  -DBLAS=Open -DUSE_OPENCV=ON -DUSE_LMDB=ON -DUSE_LEVELDB=OFF -DUSE_CUDNN=OFF
+  -DBUILD_python=ON -DBUILD_python_layer=ON -DBUILD_docs=OFF -DBUILD_matlab=OFF
+  -Dpython_version="$PY_VER" -DPYTHON_EXECUTABLE="$PY_EXE"
+  -DPYTHON_INCLUDE_DIR="$PY_INC" -DPYTHON_LIBRARY="$PY_LIB"
+  -DCMAKE_POLICY_VERSION_MINIMUM=3.5)
+if [ "$CUDA" = 1 ]; then
+  cmake_args+=(-DCPU_ONLY=OFF -DCUDA_ARCH_NAME=Manual -DCUDA_ARCH_BIN="$CUDA_ARCH_BIN" -DCUDA_ARCH_PTX="")
+else
+  cmake_args+=(-DCPU_ONLY=ON)
+fi
+log "building ($MODE, python $PY_VER, $JOBS jobs); this takes a few minutes"
+mkdir -p "$CAFFE_ROOT/build"
+(cd "$CAFFE_ROOT/build" && cmake "$SRC" "${cmake_args[@]}" > cmake.log 2>&1) \
+  || { tail -n 30 "$CAFFE_ROOT/build/cmake.log" >&2; die "cmake failed (log: $CAFFE_ROOT/build/cmake.log)"; }
+(cd "$CAFFE_ROOT/build" && make -j"$JOBS" install > make.log 2>&1) \
+  || { tail -n 30 "$CAFFE_ROOT/build/make.log" >&2; die "build failed (log: $CAFFE_ROOT/build/make.log)"; }
+
+for tool in caffe upgrade_net_proto_text upgrade_solver_proto_text compute_image_mean convert_imageset; do
+  [ -x "$CAFFE_ROOT/bin/$tool" ] || die "build finished without $CAFFE_ROOT/bin/$tool"
+done
+"$PYTHON" -c 'import importlib.util as u, sys; s = u.spec_from_file_location("_caffe", sys.argv[1]); s.loader.exec_module(u.module_from_spec(s))' \
+  "$CAFFE_ROOT/lib/python3/dist-packages/caffe/_caffe.so" \
+  || die "pycaffe was built but does not import with $PYTHON"
+
+echo "$STAMP_TEXT" > "$STAMP"
+rm -rf "$CAFFE_ROOT/build" "$SRC"
+log "installed into $CAFFE_ROOT (bin/, lib/, lib/python3/dist-packages/caffe); mode $MODE"

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Set up everything caffe-transfer needs on a Debian machine, idempotently:
+# a virtual environment (.venv) with the package, then BVLC Caffe and pycaffe built for it
+# by tools/install_caffe.sh (as root, through sudo when needed). A second run takes seconds.
+#
+#   VENV=.venv  PYTHON_BASE=python3  CAFFE_ROOT=/opt/caffe  tools/setup.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PYTHON_BASE=${PYTHON_BASE:-python3}
+export CAFFE_ROOT=${CAFFE_ROOT:-/opt/caffe}
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO=sudo
+
+if ! "$PYTHON_BASE" -c 'import venv, ensurepip' 2>/dev/null; then
+  echo "[setup] installing python3-venv" >&2
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv python3-dev >/dev/null
+fi
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[setup] creating $VENV" >&2
+  "$PYTHON_BASE" -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+# numpy first: pycaffe is compiled against this environment's numpy headers.
+"$PY" -m pip install -q --disable-pip-version-check --upgrade pip numpy
+$SUDO env CAFFE_ROOT="$CAFFE_ROOT" PYTHON="$PY" bash tools/install_caffe.sh
+"$PY" -m pip install -q --disable-pip-version-check -e ".[test]"
+echo "[setup] done: $VENV/bin/caffe-transfer doctor" >&2
+"$VENV/bin/caffe-transfer" doctor
