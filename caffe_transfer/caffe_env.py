@@ -41,6 +41,9 @@ def tool(name: str) -> Path:
 
 
 def _add_pycaffe_path() -> None:
+    # glog reads its threshold when libcaffe loads: set it before the first import, so that
+    # loading nets does not print every layer (GLOG_minloglevel=0 brings the log back).
+    os.environ.setdefault("GLOG_minloglevel", "2")
     path = str(caffe_root() / PYCAFFE_SUBDIR)
     if path not in sys.path:
         sys.path.insert(0, path)
@@ -55,12 +58,8 @@ def caffe_pb2():
         raise CaffeTransferError(f"cannot import caffe.proto.caffe_pb2 ({e}): {INSTALL_HINT}") from None
 
 
-def pycaffe(quiet: bool = True):
-    """The `caffe` Python module, in CPU mode unless the caller switches it.
-
-    `quiet` raises glog's threshold first, so that loading nets does not print every layer."""
-    if quiet:
-        os.environ.setdefault("GLOG_minloglevel", "2")
+def pycaffe():
+    """The `caffe` Python module (CPU mode unless the caller switches it)."""
     _add_pycaffe_path()
     try:
         return importlib.import_module("caffe")

@@ -251,7 +251,8 @@ def write_runs(runs: dict[Path, Treatment], options: GenOptions, force: bool = F
         rendered[Path(out_dir)] = render_run(treatment, options, out_dir)
     for out_dir, files in rendered.items():
         try:
-            out_dir.mkdir(parents=True, exist_ok=True)
+            # Caffe checks at start-up that the snapshot prefix's folder exists.
+            (out_dir / SNAPSHOT_DIR).mkdir(parents=True, exist_ok=True)
             for name, text in files.items():
                 write_atomic(out_dir / name, text)
         except OSError as e:

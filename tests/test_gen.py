@@ -1,0 +1,205 @@
+"""Generated run folders: equivalent to the authors' 170 nets, loadable and trainable in real Caffe."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from google.protobuf import text_format
+
+from caffe_transfer import gen, protos
+from caffe_transfer.cli import cli
+from caffe_transfer.treatments import Kind, authors_grid, parse
+
+from .conftest import make_data_root
+
+GRID = authors_grid()
+DATASETS = {d for t in GRID for d in (t.train_set, t.val_set, t.mean_set)}
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory, pb2):
+    return make_data_root(tmp_path_factory.mktemp("data"), DATASETS, size=256, count=4, classes=4, pb2=pb2)
+
+
+@pytest.fixture(scope="module")
+def grid_dir(tmp_path_factory, data_root):
+    out = tmp_path_factory.mktemp("runs")
+    result = CliRunner().invoke(cli, ["gen", "--all", "--out", str(out), "--data-root", str(data_root)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.mark.parametrize("treatment", GRID, ids=lambda t: t.name)
+def test_generated_net_and_solver_equal_the_authors(treatment, grid_dir, reference):
+    """After Caffe's own upgrade tools, only data paths, DB backend and file names differ."""
+    theirs_dir = reference / "results" / treatment.name
+    ours = protos.read_net(grid_dir / treatment.name / "train_val.prototxt")
+    for phase, theirs_file, weights in (("TRAIN", "imagenet_train.prototxt", True),
+                                        ("TEST", "imagenet_val.prototxt", False)):
+        theirs = protos.comparable(protos.read_net(theirs_dir / theirs_file), weights)
+        mine = protos.comparable(protos.phase_net(ours, phase), weights)
+        assert protos.net_diff(mine, theirs) == "", f"{phase} net of {treatment.name}"
+    mine = protos.comparable_solver(protos.read_solver(grid_dir / treatment.name / "solver.prototxt"))
+    theirs = protos.comparable_solver(protos.read_solver(theirs_dir / "imagenet_solver.prototxt"))
+    assert mine == theirs
+
+
+@pytest.mark.parametrize("treatment", GRID, ids=lambda t: t.name)
+def test_generated_net_uses_the_right_datasets_and_mean(treatment, grid_dir, data_root):
+    net = protos.read_net(grid_dir / treatment.name / "train_val.prototxt")
+    train, test = (protos.phase_net(net, p).layer[0] for p in ("TRAIN", "TEST"))
+    assert Path(train.data_param.source) == data_root.resolve() / treatment.train_set / "lmdb"
+    assert Path(test.data_param.source) == data_root.resolve() / treatment.val_set / "lmdb"
+    mean = data_root.resolve() / treatment.mean_set / "mean.binaryproto"
+    assert Path(train.transform_param.mean_file) == Path(test.transform_param.mean_file) == mean
+
+
+def _small_batch_copy(run_dir: Path, batch: int = 2) -> Path:
+    net = protos.read_net(run_dir / "train_val.prototxt")
+    for layer in net.layer:
+        if layer.type == "Data":
+            layer.data_param.batch_size = batch
+    path = run_dir / "train_val.small-batch.prototxt"
+    path.write_text(text_format.MessageToString(net))
+    return path
+
+
+@pytest.mark.slow
+def test_every_generated_net_instantiates_in_pycaffe(grid_dir, caffe):
+    for treatment in GRID:
+        path = _small_batch_copy(grid_dir / treatment.name)
+        for phase in (caffe.TRAIN, caffe.TEST):
+            net = caffe.Net(str(path), phase)
+            assert net.blobs["data"].data.shape == (2, 3, 227, 227), treatment.name
+            names = [r["name"] for r in json.loads((grid_dir / treatment.name / "treatment.json").read_text())["layers"]]
+            assert list(net.params) == names, treatment.name
+        path.unlink()
+
+
+def test_deploy_net_instantiates(grid_dir, caffe):
+    net = caffe.Net(str(grid_dir / "transfer0A0B_1_3" / "deploy.prototxt"), caffe.TEST)
+    assert list(net.params)[-1] == "fc8-new"
+    assert net.blobs["prob"].data.shape == (10, 1000)
+
+
+ONE_OF_EACH = ["half0A", "transfer0A0A_1_2", "transfer1B1A_1_5", "transfer-ft0A0B_1_3",
+               "nolearn_1_3", "reduced-0010"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ONE_OF_EACH)
+def test_sgd_steps_leave_frozen_blobs_bit_identical(name, tmp_path, data_root, caffe, monkeypatch):
+    """A few steps of the real Caffe solver: frozen blobs do not move, trainable blobs do."""
+    treatment = parse(name)
+    run = tmp_path / name
+    gen.write_runs({run: treatment}, gen.GenOptions(
+        data_root=data_root, gpu=False, solver={"max_iter": 3, "test_iter": 1, "test_interval": 100,
+                                                "display": 1, "base_lr": 0.05}))
+    small = _small_batch_copy(run)
+    solver_text = (run / "solver.prototxt").read_text().replace('"train_val.prototxt"', f'"{small.name}"')
+    (run / "solver.prototxt").write_text(solver_text + "test_initialization: false\n")
+    monkeypatch.chdir(run)
+    caffe.set_mode_cpu()
+    solver = caffe.SGDSolver("solver.prototxt")
+    before = {k: [b.data.copy() for b in v] for k, v in solver.net.params.items()}
+    solver.step(3)
+    roles = json.loads((run / "treatment.json").read_text())["layers"]
+    assert solver.iter == 3
+    for role in roles:
+        after = [b.data for b in solver.net.params[role["name"]]]
+        if role["frozen"]:
+            for b0, b1 in zip(before[role["name"]], after):
+                assert np.array_equal(b0, b1), f"frozen {role['name']} moved"
+        else:
+            # Weights get gradient and decay; a zero-initialised bias may legitimately not move
+            # in 3 steps, so the weight blob is what must change.
+            assert not np.array_equal(before[role["name"]][0], after[0]), f"trainable {role['name']} did not move"
+    assert any(r["frozen"] for r in roles) == (treatment.kind in (Kind.TRANSFER, Kind.RANDOM) and not treatment.fine_tune)
+
+
+def test_treatment_json_describes_the_transfer(tmp_path):
+    run = tmp_path / "r"
+    gen.write_runs({run: parse("AnB", n=3, split=0)}, gen.GenOptions(data_root=tmp_path / "data"))
+    desc = json.loads((run / "treatment.json").read_text())
+    assert desc["name"] == "transfer0A0B_1_3" and desc["base"] == "half0A"
+    assert desc["mean_set"] == "half0A_train" and desc["train_set"] == "half0B_train"
+    assert desc["base_weights"] == str(tmp_path.resolve() / "half0A" / "snapshots" / "half0A_iter_450000.caffemodel")
+    assert [l["name"] for l in desc["layers"] if l["frozen"]] == ["conv1", "conv2", "conv3"]
+
+
+def test_fc8_outputs_classes_gives_the_n_way_head(tmp_path):
+    run = tmp_path / "r"
+    gen.write_runs({run: parse("transfernatmanBA_1_2")}, gen.GenOptions(fc8_outputs="classes"))
+    net = protos.read_net(run / "train_val.prototxt")
+    assert [l.inner_product_param.num_output for l in net.layer if l.name == "fc8-new"] == [449]
+
+
+def test_small_architecture_keeps_the_eight_weight_layers_in_order(tmp_path, caffe, pb2):
+    root = make_data_root(tmp_path / "data", {"half0B_train", "half0B_valid", "half0A_train"},
+                          size=32, count=4, classes=4, pb2=pb2)
+    run = tmp_path / "r"
+    gen.write_runs({run: parse("transfer0A0B_1_4")}, gen.GenOptions(arch="small", data_root=root, fc8_outputs=5))
+    net = caffe.Net(str(run / "train_val.prototxt"), caffe.TRAIN)
+    assert list(net.params) == ["conv1", "conv2", "conv3", "conv4", "conv5-new", "fc6-new", "fc7-new", "fc8-new"]
+    assert net.params["fc8-new"][0].data.shape == (5, 256)
+    assert net.blobs["data"].data.shape[2:] == (28, 28)
+
+
+def test_gen_refuses_to_overwrite_a_run_with_snapshots(tmp_path):
+    run = tmp_path / "half0A"
+    runner = CliRunner()
+    assert runner.invoke(cli, ["gen", "-t", "half0A", "--out", str(run)]).exit_code == 0
+    assert (run / "snapshots").is_dir()  # made by gen: Caffe needs the prefix's folder
+    (run / "snapshots" / "half0A_iter_10000.caffemodel").write_bytes(b"weights")
+    before = (run / "solver.prototxt").read_text()
+    result = runner.invoke(cli, ["gen", "-t", "half0A", "--out", str(run), "--solver", "max_iter=10"])
+    assert result.exit_code == 1 and "already holds snapshots" in result.output
+    assert (run / "solver.prototxt").read_text() == before
+    result = runner.invoke(cli, ["gen", "-t", "half0A", "--out", str(run), "--solver", "max_iter=10", "--force"])
+    assert result.exit_code == 0 and "max_iter: 10\n" in (run / "solver.prototxt").read_text()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["-t", "AxB", "--n", "3", "--split", "0"], "unknown treatment 'AxB'"),
+    (["-t", "AnB", "--n", "0", "--split", "0"], "n in 1..7"),
+    (["-t", "AnB", "--n", "8", "--split", "0"], "n in 1..7"),
+    (["-t", "AnB", "--n", "3"], "needs a split"),
+    (["-t", "AnB", "--n", "3", "--split", "0", "--arch", "vgg"], "unknown architecture 'vgg'"),
+    (["-t", "AnB", "--n", "3", "--split", "0", "--backend", "hdf5"], "backend 'hdf5'"),
+    (["-t", "AnB", "--n", "3", "--split", "0", "--solver", "max_iters=3"], "unknown solver field 'max_iters'"),
+    (["-t", "AnB", "--n", "3", "--split", "0", "--fc8-outputs", "many"], "fc8 outputs 'many'"),
+    ([], "gen needs --treatment"),
+])
+def test_gen_errors_are_one_line_and_write_nothing(args, needle, tmp_path):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["gen", *args, "--out", str(out)])
+    assert result.exit_code == 1
+    assert needle in result.output and result.output.count("\n") == 1
+    assert not out.exists()
+
+
+def test_unwritable_out_is_a_one_line_error(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = CliRunner().invoke(cli, ["gen", "-t", "half0A", "--out", str(blocker / "run")])
+    assert result.exit_code == 1 and "cannot write run folder" in result.output
+    assert result.output.count("\n") == 1
+
+
+def test_console_script_help_lists_commands():
+    exe = Path(sys.executable).parent / "caffe-transfer"
+    out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=True).stdout
+    for command in ("doctor", "describe", "gen"):
+        assert f"  {command} " in out
+
+
+def test_doctor_finds_real_caffe():
+    result = CliRunner().invoke(cli, ["doctor"])
+    assert result.exit_code == 0, result.output
+    assert "caffe version 1.0.0" in result.output and "pycaffe" in result.output
