@@ -21,11 +21,13 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["caffe_transfer", "caffe_transfer.*"]),
+    package_data={"caffe_transfer": ["paper_numbers.json"]},
     data_files=_data_files("templates") + _data_files("splits"),
     install_requires=[
         "click>=8.1",
         "jinja2>=3.1",
         "lmdb>=1.4",
+        "matplotlib>=3.6",
         "numpy>=1.24",
         "protobuf>=4.21",
         # pycaffe imports these; it is built by tools/install_caffe.sh, not by pip.

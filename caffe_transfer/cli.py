@@ -131,5 +131,45 @@ def gen(treatment, n, split, grid, out, arch, data_root, backend, fc8_outputs, b
         click.echo(f"wrote {runs[out].describe()} to {out}")
 
 
+@cli.command("parse-log")
+@click.argument("logs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--csv", "csv_prefix", type=click.Path(path_type=Path),
+              help="Write OUT.train.csv and OUT.test.csv (parse_log.py's columns).")
+def parse_log(logs: tuple[Path, ...], csv_prefix: Path | None) -> None:
+    """Parse caffe train logs (2014 or today's format, plain or gzipped; several files of one
+    run are merged by iteration, later files winning) and print the paper's metric."""
+    from . import logs as logs_mod
+
+    tables = logs_mod.read_logs(list(logs))
+    acc = tables.accuracies()
+    click.echo(f"{len(tables.train)} train rows, {len(tables.test)} test rows, "
+               f"last iteration {tables.last_iteration}")
+    if acc:
+        click.echo(f"top-10 mean val accuracy {logs_mod.score(acc):.4f} (final {acc[-1]:.4f}, max {max(acc):.4f})")
+    for problem in tables.problems:
+        click.echo(f"warning: {problem}")
+    if csv_prefix:
+        for name, rows in (("train", tables.train), ("test", tables.test)):
+            path = csv_prefix.parent / f"{csv_prefix.name}.{name}.csv"
+            logs_mod.write_csv(rows, path)
+            click.echo(f"wrote {path}")
+
+
+@cli.command()
+@click.argument("results_dir", type=click.Path(path_type=Path))
+@click.option("--out", "-o", default="report", show_default=True, type=click.Path(path_type=Path),
+              help="Folder for figures, tables (CSV) and report.txt.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the numbers as JSON here.")
+def report(results_dir: Path, out: Path, json_path: Path | None) -> None:
+    """Score every run, reproduce Figures 2 and 3, Table 1 and the reduced-data curve, and
+    compare with the paper's numbers."""
+    from .report import write_report
+
+    write_report(results_dir, out, json_path)
+    click.echo((out / "report.txt").read_text(), nl=False)
+    click.echo(f"wrote {out}/ (figure2, figure3, reduced as PNG and PDF; runs, layer_means, table1, "
+               "comparison, incomplete as CSV; report.txt, report.json)")
+
+
 def main() -> None:
     cli(prog_name="caffe-transfer")

@@ -13,14 +13,13 @@ net and the snapshot prefix relative to it; data, mean and base weights are abso
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import jinja2
 
 from . import __version__
+from .atomic import write_atomic
 from .architectures import Architecture, ProtoEnum, architecture, default_fc8_outputs
 from .errors import CaffeTransferError
 from .solvers import solver_values
@@ -226,18 +225,6 @@ def render_run(treatment: Treatment, options: GenOptions, out_dir: Path) -> dict
 def has_snapshots(run_dir: Path) -> bool:
     snaps = Path(run_dir) / SNAPSHOT_DIR
     return snaps.is_dir() and any(p.suffix in (".caffemodel", ".solverstate") for p in snaps.iterdir())
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file and a rename: never half-written."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_runs(runs: dict[Path, Treatment], options: GenOptions, force: bool = False) -> list[Path]:

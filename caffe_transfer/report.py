@@ -1,0 +1,265 @@
+"""The report: every run's score, the paper's aggregates, Table 1, and a comparison with the paper.
+
+Input is a folder of run folders named the authors' way (`half0A`, `transfer0A0B_1_3`, ...) or
+written by `gen` (their `treatment.json` names them); the treatment model says what each run is.
+Scores use the paper's metric (`logs.score`: mean of the 10 highest val top-1 accuracies).
+
+Aggregates follow the authors' notebook: the base value is the mean of the 8 random-split base
+halves; a per-layer row is, for each n, the mean over that family's runs at n (splits 0..3);
+Table 1's boosts are means of per-layer means over a range of n, minus the base mean or minus
+BnB+'s per-layer means. Natural/man-made rows are the single transfer run towards each half,
+with that half's base; the random-frozen row is compared with the full 1000-class net.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import logs
+from .atomic import write_atomic
+from .errors import CaffeTransferError
+from .solvers import solver_values
+from .treatments import N_TRANSFERABLE, REDUCED_PER_CLASS, Kind, Treatment, parse
+
+METRIC = "mean of the 10 highest val top-1 accuracies over all test evaluations (logs merged by iteration, later file winning)"
+FAMILIES = ("BnB", "AnB", "BnB+", "AnB+")
+TABLE1_RANGES = {"1-7": (1, 7), "3-7": (3, 7), "5-7": (5, 7)}
+PAPER_NUMBERS = Path(__file__).with_name("paper_numbers.json")
+
+
+@dataclass
+class RunResult:
+    folder: str
+    treatment: Treatment
+    score: float | None
+    evaluations: int
+    last_iteration: int | None
+    max_iter: int
+    files: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return self.last_iteration is not None and self.last_iteration >= self.max_iter
+
+
+def _treatment_of(folder: Path) -> tuple[Treatment, int]:
+    """What a run folder holds, and its max_iter: from gen's treatment.json, else its name."""
+    desc = folder / "treatment.json"
+    if desc.is_file():
+        d = json.loads(desc.read_text())
+        return parse(d["name"]), int(d["solver"]["max_iter"])
+    t = parse(folder.name)
+    return t, solver_values(t.schedule)["max_iter"]
+
+
+def _collect_one(folder: Path) -> RunResult:
+    treatment, max_iter = _treatment_of(folder)
+    tables = logs.read_run(folder, train=False)
+    acc = tables.accuracies()
+    last = max([tables.last_iteration or 0] + [r["NumIters"] for r in tables.test]) if tables.files else None
+    return RunResult(folder.name, treatment, logs.score(acc), len(acc), last, max_iter,
+                     [p.name for p in tables.files], tables.problems)
+
+
+def collect(results_dir: str | Path, workers: int | None = None) -> tuple[list[RunResult], list[str]]:
+    """Results of every recognised run folder under `results_dir`, and the folders not recognised."""
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise CaffeTransferError(f"results folder {results_dir} does not exist")
+    folders, unknown = [], []
+    for p in sorted(results_dir.iterdir()):
+        if not p.is_dir():
+            continue
+        try:
+            _treatment_of(p)
+            folders.append(p)
+        except CaffeTransferError:
+            unknown.append(p.name)
+    if not folders:
+        raise CaffeTransferError(f"no run folders in {results_dir}: expected folders named like "
+                                 "half0A or transfer0A0B_1_3, or written by caffe-transfer gen")
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        runs = list(pool.map(_collect_one, folders, chunksize=8))
+    return runs, unknown
+
+
+def _mean(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
+
+
+def _scores(runs: list[RunResult], keep) -> list[float]:
+    """Scores of the runs whose treatment satisfies `keep`."""
+    return [r.score for r in runs if r.score is not None and keep(r.treatment)]
+
+
+def _diff(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def summarize(runs: list[RunResult]) -> dict:
+    """The paper's numbers from run results, as fractions (0.625, not 62.5%)."""
+    random_splits = [r for r in runs if r.treatment.split in ("0", "1", "2", "3")]
+    base_mean = _mean(_scores(random_splits, lambda t: t.kind is Kind.BASE))
+    layers = {f: [_mean(_scores(random_splits, lambda t: t.family == f and t.n == n)) for n in range(1, N_TRANSFERABLE + 1)]
+              for f in FAMILIES}
+    table1 = {}
+    for label, (lo, hi) in TABLE1_RANGES.items():
+        rows = {f: _mean([layers[f][n - 1] for n in range(lo, hi + 1)]) for f in ("AnB+", "BnB+")}
+        table1[label] = {"over_baseB": _diff(rows["AnB+"], base_mean), "over_BnB+": _diff(rows["AnB+"], rows["BnB+"])}
+
+    def natman(target: str) -> dict:
+        def on_target(t: Treatment) -> bool:
+            return t.split == "natman" and t.half == target
+
+        base = _mean(_scores(runs, lambda t: on_target(t) and t.kind is Kind.BASE))
+        return {"base": base, "layers": [
+            _mean(_scores(runs, lambda t: on_target(t) and t.kind is Kind.TRANSFER and t.n == n))
+            for n in range(1, N_TRANSFERABLE + 1)]}
+
+    full = _mean(_scores(runs, lambda t: t.kind is Kind.FULL))
+    anb7 = layers["AnB"][-1]
+    nm = {"target_manmade": natman("B"), "target_natural": natman("A")}  # the authors' A = natural
+    nm_drops = [_diff(v["base"], v["layers"][-1]) for v in nm.values()]
+    return {
+        "metric": METRIC,
+        "base_mean": base_mean,
+        "full_net": full,
+        "layers": layers,
+        "table1": table1,
+        "natman": nm,
+        "random": {"base": full, "layers": [_mean(_scores(runs, lambda t: t.kind is Kind.RANDOM and t.n == n))
+                                            for n in range(1, N_TRANSFERABLE + 1)]},
+        "reduced": {str(k): _mean(_scores(runs, lambda t: t.per_class == k)) for k in REDUCED_PER_CLASS},
+        "drops_at_7": {"similar": _diff(base_mean, anb7), "dissimilar": _mean(nm_drops)},
+        "runs": [{"name": r.folder, "treatment": r.treatment.name, "family": r.treatment.family,
+                  "split": r.treatment.split, "n": r.treatment.n, "score": r.score,
+                  "evaluations": r.evaluations, "last_iteration": r.last_iteration,
+                  "max_iter": r.max_iter, "files": r.files, "problems": r.problems} for r in runs],
+    }
+
+
+def _lookup(summary: dict, path: list):
+    value = summary
+    for key in path:
+        try:
+            value = value[key]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return value
+
+
+def compare_with_paper(summary: dict, numbers_file: Path = PAPER_NUMBERS) -> list[dict]:
+    """One row per number in EXPERIMENT.md's "Numbers" section: the paper's value and the value
+    recomputed from the released logs (where stated), ours, the differences, and whether ours is
+    within the stated tolerance of each."""
+    spec = json.loads(numbers_file.read_text())
+    rows = []
+    for entry in spec["numbers"]:
+        ours = _lookup(summary, entry["path"])
+        row = {"id": entry["id"], "what": entry["what"], "ours": ours}
+        for ref in ("paper", "recomputed"):
+            value = entry.get(ref)
+            tol = spec["tolerance"][ref] if ref != "paper" else entry.get("paper_tolerance", spec["tolerance"]["paper"])
+            row[ref] = value
+            row[f"diff_{ref}"] = _diff(ours, value)
+            row[f"within_{ref}"] = None if value is None or ours is None else abs(ours - value) <= tol + 1e-12
+            row[f"tolerance_{ref}"] = tol if value is not None else None
+        rows.append(row)
+    return rows
+
+
+def incomplete_runs(runs: list[RunResult]) -> list[dict]:
+    """Runs with no logs, stub or broken logs, no test evaluations, or that stopped early."""
+    out = []
+    for r in runs:
+        reasons = list(r.problems)
+        if r.evaluations == 0 and r.files:
+            reasons.append("no test evaluations")
+        if r.files and not r.finished:
+            reasons.append(f"stopped at iteration {r.last_iteration} of {r.max_iter}")
+        if reasons:
+            out.append({"name": r.folder, "problems": reasons})
+    return out
+
+
+def _csv(rows: list[dict], columns: list[str]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
+    w.writeheader()
+    for row in rows:
+        w.writerow({k: ("" if row.get(k) is None else row[k]) for k in columns})
+    return buf.getvalue()
+
+
+def _fmt(v, pct: bool = False) -> str:
+    if v is None:
+        return "-"
+    return f"{100 * v:+.2f}%" if pct else f"{v:.4f}"
+
+
+def text_report(summary: dict, comparison: list[dict], incomplete: list[dict], unknown: list[str]) -> str:
+    lines = [f"Metric: {summary['metric']}.", "",
+             f"Base (mean of the 8 random-split halves): {_fmt(summary['base_mean'])};"
+             f" full 1000-class net: {_fmt(summary['full_net'])}", "",
+             "Per-layer means, n = 1..7:"]
+    for f in FAMILIES:
+        lines.append(f"  {f:5} " + " ".join(_fmt(v) for v in summary["layers"][f]))
+    lines += ["", "Table 1: AnB+ boost", "  layers   over baseB   over BnB+"]
+    for label, row in summary["table1"].items():
+        lines.append(f"  {label:7}  {_fmt(row['over_baseB'], True):>10}  {_fmt(row['over_BnB+'], True):>10}")
+    lines += ["", "Comparison with the paper (paper value / recomputed from the released logs / ours):"]
+    for row in comparison:
+        verdict = "ok" if (row["within_recomputed"] is not False and row["within_paper"] is not False) else "OFF"
+        if row["ours"] is None:
+            verdict = "n/a"
+        lines.append(f"  {verdict:4} {row['id']:28} paper {_fmt(row['paper'])}  recomputed "
+                     f"{_fmt(row['recomputed'])}  ours {_fmt(row['ours'])}")
+    lines += ["", f"Runs with missing, stub or incomplete logs ({len(incomplete)}):"]
+    lines += [f"  {r['name']}: {'; '.join(r['problems'])}" for r in incomplete] or ["  none"]
+    if unknown:
+        lines += ["", f"Folders not recognised as runs: {', '.join(unknown)}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(results_dir: str | Path, out_dir: str | Path, json_path: str | Path | None = None,
+                 figures: bool = True) -> dict:
+    """Collect, summarise and write the report files into `out_dir`; returns the summary."""
+    runs, unknown = collect(results_dir)
+    summary = summarize(runs)
+    comparison = compare_with_paper(summary)
+    incomplete = incomplete_runs(runs)
+    summary["comparison"] = comparison
+    summary["incomplete"] = incomplete
+    summary["unrecognised"] = unknown
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CaffeTransferError(f"cannot write report folder {out_dir}: {e.strerror or e}") from None
+    write_atomic(out_dir / "runs.csv", _csv(summary["runs"], ["name", "treatment", "family", "split", "n", "score",
+                                                              "evaluations", "last_iteration", "max_iter", "files"]))
+    means = [{"family": f, "n": n, "mean": summary["layers"][f][n - 1]} for f in FAMILIES for n in range(1, 8)]
+    write_atomic(out_dir / "layer_means.csv", _csv(means, ["family", "n", "mean"]))
+    t1 = [{"layers": k, **v} for k, v in summary["table1"].items()]
+    write_atomic(out_dir / "table1.csv", _csv(t1, ["layers", "over_baseB", "over_BnB+"]))
+    write_atomic(out_dir / "comparison.csv", _csv(comparison, list(comparison[0])))
+    write_atomic(out_dir / "incomplete.csv", _csv([{"name": r["name"], "problems": "; ".join(r["problems"])}
+                                                   for r in incomplete], ["name", "problems"]))
+    write_atomic(out_dir / "report.txt", text_report(summary, comparison, incomplete, unknown))
+    if figures:
+        from .plots import write_figures
+
+        write_figures(summary, out_dir)
+    text = json.dumps(summary, indent=1) + "\n"
+    write_atomic(out_dir / "report.json", text)
+    if json_path:
+        write_atomic(Path(json_path), text)
+    return summary
