@@ -28,6 +28,8 @@ setup(
         "jinja2>=3.1",
         "lmdb>=1.4",
         "matplotlib>=3.6",
+        "pillow>=9",
+        "tqdm>=4.60",
         "numpy>=1.24",
         "protobuf>=4.21",
         # pycaffe imports these; it is built by tools/install_caffe.sh, not by pip.

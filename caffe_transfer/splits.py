@@ -9,6 +9,8 @@ man-made "A".
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from .errors import CaffeTransferError
@@ -48,3 +50,149 @@ def half_classes(split: str, half: str) -> list[int]:
     else:
         raise CaffeTransferError(f"split {split!r}: expected one of {', '.join(SPLIT_IDS)}")
     return halves[HALVES.index(half)]
+
+
+# --- list files ------------------------------------------------------------------------------
+# The authors' list layout: DIR/<dataset>/files.txt (`PATH NEWLABEL` per line, in the order of the
+# whole list, labels renumbered 0..K-1 by ascending original class) and DIR/<dataset>/idxmap.txt.
+SUBSETS = ("train", "valid")
+IDXMAP_HEADER = "# Orig_idx new_idx\n"
+
+
+def read_list(path: str | Path) -> list[tuple[str, int]]:
+    """A list file: one `PATH LABEL` per line (the path may contain spaces)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CaffeTransferError(f"list file {path} does not exist")
+    entries = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        name, _, label = line.rstrip().rpartition(" ")
+        if not name or not label.lstrip("-").isdigit():
+            raise CaffeTransferError(f"{path}:{number}: {line!r} is not `PATH LABEL`")
+        entries.append((name, int(label)))
+    if not entries:
+        raise CaffeTransferError(f"list file {path} is empty: expected `PATH LABEL` lines")
+    return entries
+
+
+def subset_lists(entries: list[tuple[str, int]], classes: list[int]) -> tuple[str, str]:
+    """files.txt and idxmap.txt texts for the images of `classes`, relabelled 0..K-1."""
+    new = {old: i for i, old in enumerate(sorted(classes))}
+    files = "".join(f"{name} {new[label]}\n" for name, label in entries if label in new)
+    idxmap = IDXMAP_HEADER + "".join(f"{old} {i}\n" for old, i in new.items())
+    return files, idxmap
+
+
+def reduced_list(entries: list[tuple[str, int]], per_class: int) -> str:
+    """The first `per_class` images of each class, in list order, labels unchanged."""
+    seen: dict[int, int] = {}
+    lines = []
+    for name, label in entries:
+        seen[label] = seen.get(label, 0) + 1
+        if seen[label] <= per_class:
+            lines.append(f"{name} {label}\n")
+    return "".join(lines)
+
+
+def split_datasets(split: str, classes_a: list[int], classes_b: list[int]) -> dict[str, list[int]]:
+    word = "natman" if split == "natman" else split
+    return {f"half{word}A": classes_a, f"half{word}B": classes_b}
+
+
+def write_splits(whole_list: str | Path, subset: str, out_dir: str | Path,
+                 custom: dict[str, list[int]] | None = None, num_classes: int = IMAGENET_CLASSES,
+                 reduced: tuple[int, ...] | None = None) -> list[Path]:
+    """Write the authors' list folders for one subset of a whole list; returns the folders.
+
+    Default: the 4 random halves and the natural/man-made halves, and for train the reduced
+    sets. `custom` maps dataset names to class-index sets instead (e.g. the demo's halves)."""
+    from .atomic import write_atomic
+    from .treatments import REDUCED_PER_CLASS
+
+    if subset not in SUBSETS:
+        raise CaffeTransferError(f"subset {subset!r}: expected one of {', '.join(SUBSETS)}")
+    entries = read_list(whole_list)
+    bad = sorted({label for _, label in entries if not 0 <= label < num_classes})
+    if bad:
+        raise CaffeTransferError(f"{whole_list}: labels {bad[:5]} outside 0..{num_classes - 1}")
+    if custom is None:
+        custom = {}
+        for s in SPLIT_IDS:
+            halves = natman_halves() if s == "natman" else random_halves(int(s), num_classes)
+            custom.update(split_datasets(s, *halves))
+    out_dir = Path(out_dir)
+    written = []
+    plan = {f"{name}_{subset}": subset_lists(entries, classes) for name, classes in custom.items()}
+    if subset == "train" and reduced is None:
+        reduced = REDUCED_PER_CLASS
+    identity = IDXMAP_HEADER + "".join(f"{i} {i}\n" for i in range(num_classes))
+    for k in (reduced or ()) if subset == "train" else ():
+        plan[f"reduced{k:04d}_train"] = (reduced_list(entries, k), identity)
+    try:
+        for name, (files, idxmap) in plan.items():
+            folder = out_dir / name
+            folder.mkdir(parents=True, exist_ok=True)
+            write_atomic(folder / "files.txt", files)
+            write_atomic(folder / "idxmap.txt", idxmap)
+            written.append(folder)
+    except OSError as e:
+        raise CaffeTransferError(f"cannot write lists under {out_dir}: {e.strerror or e}") from None
+    return written
+
+
+def read_class_set(path: str | Path, wnids: list[str] | None = None) -> list[int]:
+    """Class indices from a file of indices or of wnids (one per line, # comments)."""
+    items = [line.split()[0] for line in Path(path).read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    if all(i.isdigit() for i in items):
+        return sorted(int(i) for i in items)
+    order = wnids if wnids is not None else imagenet_wnids()
+    index = {w: i for i, w in enumerate(order)}
+    unknown = [i for i in items if i not in index]
+    if unknown:
+        raise CaffeTransferError(f"{path}: {unknown[0]!r} is neither a class index nor a known wnid")
+    return sorted(index[i] for i in items)
+
+
+def imagenet_wnids() -> list[str]:
+    """The 1000 ILSVRC2012 wnids in class-index order (sorted), shipped in splits/."""
+    return [line.split()[0] for line in (resource_dir("splits") / "ilsvrc12_wnids.txt").read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+
+
+def check_lists(directory: str | Path) -> list[str]:
+    """Problems in a folder of list folders: overlapping or incomplete halves, labels outside
+    0..K-1, idxmaps that disagree with the labels. An empty result means all is well."""
+    directory = Path(directory)
+    problems = []
+    folders = sorted(p for p in directory.iterdir() if (p / "files.txt").is_file()) if directory.is_dir() else []
+    if not folders:
+        return [f"{directory}: no list folders (expected DIR/<dataset>/files.txt)"]
+    classes: dict[str, set[int]] = {}
+    for folder in folders:
+        labels = {label for _, label in read_list(folder / "files.txt")}
+        idxmap = folder / "idxmap.txt"
+        if not idxmap.is_file():
+            problems.append(f"{folder.name}: no idxmap.txt")
+            continue
+        pairs = [tuple(map(int, line.split())) for line in idxmap.read_text().splitlines()
+                 if line.strip() and not line.startswith("#")]
+        k = len(pairs)
+        if sorted(new for _, new in pairs) != list(range(k)):
+            problems.append(f"{folder.name}: idxmap's new labels are not 0..{k - 1}")
+        if not labels <= set(range(k)):
+            problems.append(f"{folder.name}: labels {sorted(labels - set(range(k)))[:5]} outside 0..{k - 1}")
+        classes[folder.name] = {old for old, _ in pairs}
+    for name, own in classes.items():
+        if "A_" not in name or not name.startswith("half"):
+            continue
+        other = name.replace("A_", "B_", 1)
+        if other in classes:
+            if own & classes[other]:
+                problems.append(f"{name} and {other} share classes {sorted(own & classes[other])[:5]}")
+            union = own | classes[other]
+            if union != set(range(len(union))):
+                problems.append(f"{name} and {other} do not cover 0..{len(union) - 1}")
+    return problems

@@ -1,0 +1,250 @@
+"""Class splits, whole lists and LMDBs: byte-identical lists, and LMDBs that real Caffe reads."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lmdb
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from caffe_transfer import caffe_env, splits
+from caffe_transfer.cli import cli
+from caffe_transfer.lmdb_builder import BuildOptions, build, order, read_mean
+
+HALF0A_VALID_MD5 = "2f10009e20d77eb7007cf70674958b94"  # published by the authors
+
+
+@pytest.fixture(scope="module")
+def val_lists(reference, tmp_path_factory):
+    out = tmp_path_factory.mktemp("lists")
+    whole = reference / "ilsvrc12" / "data" / "whole_valid" / "files.txt"
+    result = CliRunner().invoke(cli, ["splits", "--whole-list", str(whole), "--subset", "valid", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out, whole
+
+
+def test_half0A_val_list_has_the_authors_md5(val_lists):
+    out, _ = val_lists
+    assert hashlib.md5((out / "half0A_valid" / "files.txt").read_bytes()).hexdigest() == HALF0A_VALID_MD5
+
+
+def test_the_ten_val_lists_follow_the_rules(val_lists):
+    out, whole = val_lists
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted([f"half{s}{h}_valid" for s in "0123" for h in "AB"] + ["halfnatmanA_valid", "halfnatmanB_valid"])
+    entries = splits.read_list(whole)
+    for s in "0123":
+        a, b = splits.random_halves(int(s))
+        for half, classes in (("A", a), ("B", b)):
+            idxmap = (out / f"half{s}{half}_valid" / "idxmap.txt").read_text().splitlines()
+            assert idxmap[0] == "# Orig_idx new_idx"
+            assert [tuple(map(int, line.split())) for line in idxmap[1:]] == [(c, i) for i, c in enumerate(classes)]
+            lines = (out / f"half{s}{half}_valid" / "files.txt").read_text().splitlines()
+            new = {c: i for i, c in enumerate(classes)}
+            assert lines == [f"{p} {new[label]}" for p, label in entries if label in new]
+    assert splits.random_halves(0)[0][:10] == [0, 1, 2, 5, 9, 10, 15, 16, 17, 19]
+    assert splits.check_lists(out) == []
+
+
+def test_natman_and_wnids_shipped_in_splits_match_the_authors(reference):
+    natural, manmade = splits.natman_halves()
+    ref = reference / "ilsvrc12" / "data"
+    assert natural == [int(x) for x in (ref / "half_nat_idx.txt").read_text().split()]
+    assert manmade == [int(x) for x in (ref / "half_man_idx.txt").read_text().split()]
+    assert splits.imagenet_wnids() == (reference / "ilsvrc12" / "synsets.txt").read_text().split()
+
+
+def test_reduced_train_sets_keep_the_first_k_images_of_each_class(tmp_path):
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 1000, size=6000)
+    whole = tmp_path / "whole_train.txt"
+    whole.write_text("".join(f"n{label:08d}/img{i}.JPEG {label}\n" for i, label in enumerate(labels)))
+    splits.write_splits(whole, "train", tmp_path / "lists")
+    for k in (1, 5, 1300):
+        lines = (tmp_path / "lists" / f"reduced{k:04d}_train" / "files.txt").read_text().splitlines()
+        seen: dict[int, int] = {}
+        expected = []
+        for i, label in enumerate(labels):
+            seen[label] = seen.get(label, 0) + 1
+            if seen[label] <= k:
+                expected.append(f"n{label:08d}/img{i}.JPEG {label}")
+        assert lines == expected
+    assert (tmp_path / "lists" / "half0B_train" / "files.txt").is_file()
+
+
+def test_check_finds_overlapping_halves(tmp_path):
+    whole = tmp_path / "w.txt"
+    whole.write_text("".join(f"x{i}.jpg {i % 4}\n" for i in range(20)))
+    (tmp_path / "a.txt").write_text("0\n1\n2\n")
+    (tmp_path / "b.txt").write_text("2\n3\n")
+    splits.write_splits(whole, "valid", tmp_path / "lists", custom={"halfxA": [0, 1, 2], "halfxB": [2, 3]}, num_classes=4)
+    result = CliRunner().invoke(cli, ["splits", "--check", str(tmp_path / "lists")])
+    assert result.exit_code == 1 and "share classes [2]" in result.output
+
+
+def test_whole_lists_from_an_image_tree(tmp_path):
+    for cls in ("n02", "n01"):
+        (tmp_path / "train" / cls).mkdir(parents=True)
+        (tmp_path / "val" / cls).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (8, 8)).save(tmp_path / "train" / cls / f"{i}.JPEG")
+            Image.new("RGB", (8, 8)).save(tmp_path / "val" / cls / f"v{i}.JPEG")
+    result = CliRunner().invoke(cli, ["lists", "--train-dir", str(tmp_path / "train"), "--val-dir",
+                                      str(tmp_path / "val"), "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "whole_train.txt").read_text() == "n01/0.JPEG 0\nn01/1.JPEG 0\nn02/0.JPEG 1\nn02/1.JPEG 1\n"
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for name in ("a.JPEG", "b.JPEG"):
+        Image.new("RGB", (8, 8)).save(flat / name)
+    (tmp_path / "labels.txt").write_text("a.JPEG n02\nb.JPEG 0\n")
+    CliRunner().invoke(cli, ["lists", "--train-dir", str(tmp_path / "train"), "--val-dir", str(flat),
+                             "--val-labels", str(tmp_path / "labels.txt"), "--out", str(tmp_path)])
+    assert (tmp_path / "whole_valid.txt").read_text() == "a.JPEG 1\nb.JPEG 0\n"
+
+
+# --- LMDBs --------------------------------------------------------------------------------------
+def _jpegs(root: Path, count: int, size: tuple[int, int]) -> Path:
+    rng = np.random.default_rng(7)
+    lines = []
+    for i in range(count):
+        cls = i % 3
+        (root / f"c{cls}").mkdir(parents=True, exist_ok=True)
+        arr = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+        arr[..., cls] = 40 * cls
+        Image.fromarray(arr).save(root / f"c{cls}" / f"{i}.jpg", quality=92)
+        lines.append(f"c{cls}/{i}.jpg {cls}\n")
+    (root / "list.txt").write_text("".join(lines))
+    return root / "list.txt"
+
+
+@pytest.mark.parametrize("encoded", [False, True], ids=["raw", "encoded"])
+def test_caffe_reads_the_lmdb_with_the_expected_pixels_labels_and_mean(encoded, tmp_path, caffe):
+    images = tmp_path / "img"
+    list_file = _jpegs(images, 12, (40, 30))
+    result = build(list_file, images, tmp_path / "db", BuildOptions(resize=0, encoded=encoded), progress=False)
+    assert result.written == 12
+    net_file = tmp_path / "net.prototxt"
+    net_file.write_text(f'''layer {{ name: "data" type: "Data" top: "data" top: "label"
+  transform_param {{ crop_size: 24 mirror: false mean_file: "{result.mean}" }}
+  data_param {{ source: "{result.lmdb}" batch_size: 12 backend: LMDB }} }}''')
+    net = caffe.Net(str(net_file), caffe.TEST)
+    net.forward()
+    entries = splits.read_list(list_file)
+    stored = [entries[p] for p in order(len(entries), True, 0)]
+    mean = read_mean(result.mean)
+    for i, (rel, label) in enumerate(stored):
+        with Image.open(images / rel) as img:
+            bgr = np.asarray(img.convert("RGB"))[:, :, ::-1].transpose(2, 0, 1).astype(np.float32)
+        expected = (bgr - mean)[:, 3:27, 8:32]  # Caffe's centre crop of 24 from 30x40 in TEST
+        assert net.blobs["label"].data[i] == label
+        np.testing.assert_array_equal(net.blobs["data"].data[i], expected)
+
+
+def test_mean_matches_compute_image_mean(tmp_path):
+    images = tmp_path / "img"
+    list_file = _jpegs(images, 30, (64, 48))
+    result = build(list_file, images, tmp_path / "db", BuildOptions(resize=32), progress=False)
+    theirs = tmp_path / "caffe_mean.binaryproto"
+    caffe_env.run_tool("compute_image_mean", "--backend=lmdb", result.lmdb, theirs)
+    np.testing.assert_allclose(read_mean(result.mean), read_mean(theirs), rtol=1e-6, atol=1e-4)
+    assert read_mean(result.mean).shape == (3, 32, 32)
+
+
+def _contents(path: Path) -> dict[bytes, bytes]:
+    env = lmdb.open(str(path), readonly=True, lock=False)
+    with env.begin() as txn:
+        items = dict(txn.cursor())
+    env.close()
+    return items
+
+
+def test_killed_build_resumes_with_every_image_once(tmp_path):
+    images = tmp_path / "img"
+    list_file = _jpegs(images, 1500, (96, 72))
+    reference = build(list_file, images, tmp_path / "whole", BuildOptions(resize=64), progress=False)
+    out = tmp_path / "killed"
+    exe = Path(sys.executable).parent / "caffe-transfer"
+    cmd = [str(exe), "make-lmdb", str(list_file), str(images), str(out), "--resize", "64"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    killed = False
+    while time.time() < deadline and proc.poll() is None:
+        data = out / "lmdb.partial" / "data.mdb"
+        if data.is_file() and data.stat().st_size > 0:
+            env = lmdb.open(str(out / "lmdb.partial"), readonly=True, lock=False, max_dbs=2)
+            with env.begin() as txn:
+                n = txn.stat(env.open_db(b"caffe-transfer-progress", txn=txn, create=False))["entries"] if \
+                    txn.get(b"caffe-transfer-progress") is not None else 0
+                count = txn.stat()["entries"]
+            env.close()
+            if n and count > 300:
+                os.kill(proc.pid, signal.SIGKILL)
+                killed = True
+                break
+        time.sleep(0.01)
+    proc.wait()
+    assert killed, "the build finished before it could be killed"
+    assert not (out / "COMPLETE").exists()
+    subprocess.run(cmd, check=True, capture_output=True)
+    assert (out / "COMPLETE").is_file()
+    assert _contents(out / "lmdb") == _contents(reference.lmdb)
+    np.testing.assert_array_equal(read_mean(out / "mean.binaryproto"), read_mean(reference.mean))
+
+
+def test_bad_images_are_skipped_and_reported(tmp_path):
+    images = tmp_path / "img"
+    list_file = _jpegs(images, 6, (40, 30))
+    good = (images / "c0" / "0.jpg").read_bytes()
+    (images / "c0" / "corrupt.jpg").write_bytes(good[:20] + b"\x00" * 200 + good[220:])
+    (images / "c0" / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    (images / "c0" / "notes.jpg").write_text("not an image at all")
+    bad = ["c0/corrupt.jpg", "c0/truncated.jpg", "c0/notes.jpg", "c0/missing.jpg"]
+    list_file.write_text(list_file.read_text() + "".join(f"{b} 0\n" for b in bad))
+    result = build(list_file, images, tmp_path / "db", BuildOptions(resize=32), progress=False)
+    reported = [line.split("\t")[0] for line in (tmp_path / "db" / "skipped.txt").read_text().splitlines()]
+    assert result.written == 6 and result.skipped == len(reported)
+    assert {"c0/truncated.jpg", "c0/notes.jpg", "c0/missing.jpg"} <= set(reported)
+    assert set(reported) <= set(bad)
+    assert len(_contents(result.lmdb)) == 6
+
+
+def test_complete_lmdb_is_not_rebuilt_without_force(tmp_path):
+    images = tmp_path / "img"
+    list_file = _jpegs(images, 4, (40, 30))
+    first = build(list_file, images, tmp_path / "db", BuildOptions(resize=32), progress=False)
+    stamp = (first.lmdb / "data.mdb").stat().st_mtime_ns
+    again = build(list_file, images, tmp_path / "db", BuildOptions(resize=32), progress=False)
+    assert again.already_complete and (first.lmdb / "data.mdb").stat().st_mtime_ns == stamp
+    forced = build(list_file, images, tmp_path / "db", BuildOptions(resize=32), force=True, progress=False)
+    assert not forced.already_complete and forced.written == 4
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["{list}", "{tmp}/nowhere", "{tmp}/out"], "image root"),
+    (["{tmp}/empty.txt", "{tmp}", "{tmp}/out"], "is empty"),
+    (["{tmp}/none.txt", "{tmp}", "{tmp}/out"], "does not exist"),
+])
+def test_make_lmdb_errors_are_one_line(args, needle, tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "list.txt").write_text("a.jpg 0\n")
+    argv = [a.format(tmp=tmp_path, list=tmp_path / "list.txt") for a in args]
+    result = CliRunner().invoke(cli, ["make-lmdb", *argv])
+    assert result.exit_code == 1 and needle in result.output and result.output.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_lmdb_benchmark_runs_and_prints_ratios(tmp_path):
+    bench = Path(__file__).resolve().parent.parent / "tools" / "bench_lmdb.py"
+    out = subprocess.run([sys.executable, str(bench), "--count", "60", "--workdir", str(tmp_path)],
+                         capture_output=True, text=True, check=True).stdout
+    assert "make-lmdb raw / convert_imageset:" in out and "decode+resize limit:" in out

@@ -1,0 +1,99 @@
+#!/usr/bin/env python3
+"""Benchmark: make-lmdb against Caffe's convert_imageset and the decode-and-resize limit.
+
+Generates ImageNet-like JPEGs (default 2,000 of 500x375), then measures in one run, on the same
+list: (1) the limit, just decoding and resizing the JPEGs to 256x256 with all cores; (2)
+`make-lmdb` raw and (3) `--encoded`; (4) `convert_imageset --resize_height=256 --resize_width=256
+--shuffle`. Prints images/s and the ratios the project aims at (>= 2x convert_imageset, >= 85%
+of the limit). Usage: tools/bench_lmdb.py [--count N] [--workdir DIR]
+"""
+
+import argparse
+import multiprocessing
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from caffe_transfer import caffe_env
+from caffe_transfer.lmdb_builder import BuildOptions, build, load_image
+
+
+def make_images(root: Path, count: int) -> Path:
+    rng = np.random.default_rng(0)
+    lines = []
+    # Smooth images with some texture compress like photographs (about 100 KB at quality 90).
+    base = rng.integers(0, 256, size=(24, 32, 3), dtype=np.uint8)
+    for i in range(count):
+        cls = i % 10
+        folder = root / f"n{cls:08d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        small = np.roll(base, i, axis=1) ^ np.uint8(cls * 20)
+        img = Image.fromarray(small).resize((500, 375), Image.BICUBIC)
+        noise = rng.integers(-12, 12, size=(375, 500, 3))
+        arr = np.clip(np.asarray(img, dtype=np.int16) + noise, 0, 255).astype(np.uint8)
+        Image.fromarray(arr).save(folder / f"img{i:05d}.JPEG", quality=90)
+        lines.append(f"n{cls:08d}/img{i:05d}.JPEG {cls}\n")
+    list_file = root / "list.txt"
+    list_file.write_text("".join(lines))
+    return list_file
+
+
+def _decode(path: str) -> int:
+    return load_image(Path(path), 256).size
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=2000)
+    parser.add_argument("--workdir", type=Path)
+    args = parser.parse_args()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_lmdb_"))
+    images = work / "images"
+    if not (images / "list.txt").is_file():
+        shutil.rmtree(images, ignore_errors=True)
+        make_images(images, args.count)
+    list_file = images / "list.txt"
+    paths = [str(images / line.split()[0]) for line in list_file.read_text().splitlines()]
+    n = len(paths)
+    for p in paths:  # warm the page cache so every contender reads from memory
+        Path(p).read_bytes()
+    cores = os.cpu_count() or 1
+    rates = {}
+
+    start = time.perf_counter()
+    with multiprocessing.get_context("fork").Pool(cores) as pool:
+        list(pool.imap(_decode, paths, chunksize=16))
+    rates["decode+resize limit"] = n / (time.perf_counter() - start)
+
+    for name, encoded in (("make-lmdb raw", False), ("make-lmdb --encoded", True)):
+        out = work / name.replace(" ", "_")
+        shutil.rmtree(out, ignore_errors=True)
+        result = build(list_file, images, out, BuildOptions(encoded=encoded), progress=False)
+        rates[name] = n / result.seconds
+
+    out = work / "convert_imageset"
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.perf_counter()
+    subprocess.run([str(caffe_env.tool("convert_imageset")), "--resize_height=256", "--resize_width=256",
+                    "--shuffle", "--backend=lmdb", f"{images}/", str(list_file), str(out)],
+                   check=True, capture_output=True)
+    rates["convert_imageset"] = n / (time.perf_counter() - start)
+
+    print(f"{n} JPEGs of 500x375, {cores} cores")
+    for name, rate in rates.items():
+        print(f"  {name:22} {rate:8.1f} images/s")
+    print(f"make-lmdb raw / convert_imageset:      {rates['make-lmdb raw'] / rates['convert_imageset']:.2f}x (goal >= 2x)")
+    print(f"make-lmdb --encoded / convert_imageset: {rates['make-lmdb --encoded'] / rates['convert_imageset']:.2f}x")
+    print(f"make-lmdb raw / decode+resize limit:    {rates['make-lmdb raw'] / rates['decode+resize limit']:.0%} (goal >= 85%)")
+    if not args.workdir:
+        shutil.rmtree(work)
+
+
+if __name__ == "__main__":
+    main()
