@@ -40,31 +40,28 @@ def tool(name: str) -> Path:
     raise CaffeTransferError(f"Caffe tool {name!r} not found in {caffe_root() / 'bin'} or on PATH: {INSTALL_HINT}")
 
 
-def _add_pycaffe_path() -> None:
+def _import(module: str):
+    """Import a module of the pycaffe under CAFFE_ROOT."""
     # glog reads its threshold when libcaffe loads: set it before the first import, so that
     # loading nets does not print every layer (GLOG_minloglevel=0 brings the log back).
     os.environ.setdefault("GLOG_minloglevel", "2")
     path = str(caffe_root() / PYCAFFE_SUBDIR)
     if path not in sys.path:
         sys.path.insert(0, path)
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise CaffeTransferError(f"cannot import {module} ({e}): {INSTALL_HINT}") from None
 
 
 def caffe_pb2():
     """Caffe's own protobuf module (`caffe.proto.caffe_pb2`)."""
-    _add_pycaffe_path()
-    try:
-        return importlib.import_module("caffe.proto.caffe_pb2")
-    except ImportError as e:
-        raise CaffeTransferError(f"cannot import caffe.proto.caffe_pb2 ({e}): {INSTALL_HINT}") from None
+    return _import("caffe.proto.caffe_pb2")
 
 
 def pycaffe():
     """The `caffe` Python module (CPU mode unless the caller switches it)."""
-    _add_pycaffe_path()
-    try:
-        return importlib.import_module("caffe")
-    except ImportError as e:
-        raise CaffeTransferError(f"cannot import pycaffe ({e}): {INSTALL_HINT}") from None
+    return _import("caffe")
 
 
 def run_tool(name: str, *args: str | Path) -> subprocess.CompletedProcess:
