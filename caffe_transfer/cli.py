@@ -22,7 +22,8 @@ class _Group(click.Group):
             raise click.ClickException(str(e)) from None
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "terminal_width": 110,
+                                          "max_content_width": 110})
 @click.version_option(__version__, prog_name="caffe-transfer")
 def cli() -> None:
     """Reproduce Yosinski et al. 2014, "How transferable are features in deep neural
@@ -143,8 +144,10 @@ def gen(treatment, n, split, grid, out, arch, data_root, backend, fc8_outputs, b
 @click.option("--check", "check_dir", type=click.Path(path_type=Path),
               help="Verify a folder of lists instead: disjoint halves, complete cover, labels 0..K-1.")
 def splits(whole_list, subset, out, class_sets, num_classes, check_dir) -> None:
-    """Write the paper's class-split lists (4 random A/B halves, natural/man-made, reduced sets),
-    byte-identical to the authors', or check a folder of lists."""
+    """Write the paper's class-split lists, byte-identical to the authors'.
+
+    The 4 random A/B halves, natural/man-made and (for train) the reduced sets; or --check a
+    folder of lists."""
     from .splits import check_lists, read_class_set, write_splits
 
     if check_dir:
@@ -195,8 +198,10 @@ def lists(train_dir, val_dir, val_labels, out) -> None:
 @click.option("--workers", type=int, help="Decoding processes (default: all cores).")
 @click.option("--force", is_flag=True, help="Rebuild a complete LMDB.")
 def make_lmdb(list_file, image_root, out_dir, resize, encoded, gray, no_shuffle, seed, workers, force) -> None:
-    """Build OUT_DIR/lmdb and OUT_DIR/mean.binaryproto from a list, as convert_imageset and
-    compute_image_mean would; resumable, in parallel, with progress."""
+    """Build an LMDB and its mean image from a list (resumable, parallel).
+
+    Writes OUT_DIR/lmdb and OUT_DIR/mean.binaryproto as convert_imageset and compute_image_mean
+    would, with a progress bar; a killed build continues where it stopped."""
     from .lmdb_builder import BuildOptions, build
 
     options = BuildOptions(resize=resize, shuffle=not no_shuffle, seed=seed, encoded=encoded,
@@ -215,8 +220,10 @@ def make_lmdb(list_file, image_root, out_dir, resize, encoded, gray, no_shuffle,
 @click.option("--csv", "csv_prefix", type=click.Path(path_type=Path),
               help="Write OUT.train.csv and OUT.test.csv (parse_log.py's columns).")
 def parse_log(logs: tuple[Path, ...], csv_prefix: Path | None) -> None:
-    """Parse caffe train logs (2014 or today's format, plain or gzipped; several files of one
-    run are merged by iteration, later files winning) and print the paper's metric."""
+    """Parse caffe train logs into tables and print the paper's metric.
+
+    Reads 2014 and today's formats, plain or gzipped; several files of one run are merged by
+    iteration, later files winning."""
     from . import logs as logs_mod
 
     tables = logs_mod.read_logs(list(logs))
@@ -240,8 +247,9 @@ def parse_log(logs: tuple[Path, ...], csv_prefix: Path | None) -> None:
               help="Folder for figures, tables (CSV) and report.txt.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the numbers as JSON here.")
 def report(results_dir: Path, out: Path, json_path: Path | None) -> None:
-    """Score every run, reproduce Figures 2 and 3, Table 1 and the reduced-data curve, and
-    compare with the paper's numbers."""
+    """Score runs; draw Figures 2-3, Table 1; compare with the paper.
+
+    Also the reduced-data curve, CSV tables, and the runs whose logs are missing or incomplete."""
     from .report import write_report
 
     write_report(results_dir, out, json_path)
