@@ -53,7 +53,6 @@ _STAMP = re.compile(rb"[IWEF](\d{4})?(\d\d)(\d\d) (\d\d):(\d\d):(\d\d)\.(\d+)")
 _ITERATION = re.compile(rb"Iteration (\d+)")
 _LR = re.compile(rb", lr = (\S+)")
 LR_WINDOW = 1 << 16  # how far back the fast path looks for the last printed learning rate
-_LAST_ITERATION = re.compile(rb"Iteration (\d+)")
 _SCORE_NAMES = {b"0": ACCURACY, b"1": "loss"}  # 2014 accuracy layer: top-1, then log loss
 
 
@@ -133,7 +132,7 @@ def parse_file(path: str | Path, train: bool = True) -> LogTables:
     data = _read(path, out.problems)
     if len(data) < STUB_BYTES:
         out.problems.append(f"{path.name}: stub ({len(data)} bytes)")
-    tail = _LAST_ITERATION.findall(data[-4096:])
+    tail = _ITERATION.findall(data[-4096:])
     out.last_iteration = int(tail[-1]) if tail else None
     clock = _Clock(dt.datetime.fromtimestamp(os.path.getmtime(path)).year)
     iteration, lr = None, float("nan")
@@ -216,8 +215,8 @@ def merge(parts: list[LogTables]) -> LogTables:
 def log_files(run_dir: str | Path) -> list[Path]:
     """The log files of a run folder, oldest first (the authors' job ids, or our train.log)."""
     run_dir = Path(run_dir)
-    return sorted((p for p in run_dir.iterdir() if p.is_file() and p.name.endswith(LOG_SUFFIXES)
-                   and not p.name.endswith(".csv")), key=_natural_key)
+    return sorted((p for p in run_dir.iterdir() if p.is_file() and p.name.endswith(LOG_SUFFIXES)),
+                  key=_natural_key)
 
 
 def read_logs(paths: list[str | Path], train: bool = True) -> LogTables:

@@ -18,7 +18,7 @@ B->B net the authors did not train.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import Enum
 
 from .errors import CaffeTransferError
@@ -161,9 +161,6 @@ class Treatment:
             else:
                 roles.append(LayerRole(layer, layer, None, self.kind is Kind.RANDOM and lower))
         return roles
-
-    def with_n(self, n: int) -> Treatment:
-        return replace(self, n=n)
 
 
 def _split_word(split: str | None) -> str:
