@@ -22,7 +22,7 @@ DEFAULT_ROOT = Path("/opt/caffe")
 PYCAFFE_SUBDIR = Path("lib/python3/dist-packages")
 TOOLS = ("caffe", "upgrade_net_proto_text", "upgrade_solver_proto_text", "compute_image_mean",
          "convert_imageset")
-INSTALL_HINT = "run `sudo tools/install_caffe.sh` (or `make setup`) to build Caffe"
+INSTALL_HINT = "run `sudo tools/install_caffe.sh` (or `tools/setup.sh`) to build Caffe"
 
 
 def caffe_root() -> Path:
@@ -81,6 +81,16 @@ class Check:
     fix: str = ""
 
 
+def build_stamp() -> str | None:
+    """What the install script recorded about the build (source, mode, Python), if it ran."""
+    stamp = caffe_root() / ".caffe-transfer-build"
+    return stamp.read_text().strip() if stamp.is_file() else None
+
+
+def cuda_build() -> bool:
+    return "mode=cuda" in (build_stamp() or "")
+
+
 def gpu_count() -> int:
     """GPUs the driver reports; 0 where nvidia-smi is missing or sees none."""
     smi = shutil.which("nvidia-smi")
@@ -95,9 +105,8 @@ def doctor() -> list[Check]:
     root = caffe_root()
     checks = [Check("CAFFE_ROOT", root.is_dir(), str(root),
                     "" if root.is_dir() else INSTALL_HINT)]
-    stamp = root / ".caffe-transfer-build"
-    build = stamp.read_text().strip() if stamp.is_file() else "no build stamp"
-    checks.append(Check("build", stamp.is_file(), build, "" if stamp.is_file() else INSTALL_HINT))
+    stamp = build_stamp()
+    checks.append(Check("build", stamp is not None, stamp or "no build stamp", "" if stamp else INSTALL_HINT))
     for name in TOOLS:
         try:
             path = tool(name)
@@ -111,7 +120,7 @@ def doctor() -> list[Check]:
         checks.append(Check("caffe --version", False, str(e), INSTALL_HINT))
     try:
         caffe = pycaffe()
-        gpu_build = "mode=cuda" in build
+        gpu_build = cuda_build()
         checks.append(Check("pycaffe", True, f"caffe {caffe.__version__} from {Path(caffe.__file__).parent}"))
     except CaffeTransferError as e:
         gpu_build = False

@@ -215,6 +215,51 @@ def make_lmdb(list_file, image_root, out_dir, resize, encoded, gray, no_shuffle,
                f"skipped {result.skipped} (see {out_dir / 'skipped.txt'}); mean: {result.mean or 'none (mixed sizes)'}")
 
 
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--base", type=click.Path(path_type=Path),
+              help="Base .caffemodel (default: the base run's final snapshot, as gen recorded it).")
+@click.option("--out", type=click.Path(path_type=Path), help="Init weights to write (default: RUN_DIR/init.caffemodel).")
+@click.option("--seed", type=int, help="Seed of the filler init of the layers not copied (default: from the run's name).")
+def transplant(run_dir, base, out, seed) -> None:
+    """Copy a transfer's first n layers from its base by net surgery (checked bit for bit).
+
+    Writes the init .caffemodel and RUN_DIR/transplant.json (per layer: copied from where or
+    filler-initialised, shapes, checksums, frozen)."""
+    from .surgery import transplant as run_transplant
+
+    result = run_transplant(run_dir, base=base, out=out, seed=seed)
+    for layer in result.layers:
+        what = f"copied from {layer['from_run']}:{layer['from_layer']}" if layer["action"] == "copied" \
+            else f"filler init (seed {result.seed})"
+        shapes = " ".join("x".join(map(str, b["shape"])) for b in layer["blobs"])
+        click.echo(f"  {layer['layer']:10} {what:34} {'frozen' if layer['frozen'] else 'trained':8} {shapes}")
+    click.echo(f"wrote {result.init} and {result.record}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--gpu", type=int, help="GPU id (default: as the solver says; CPU runs need gen --cpu).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train(run_dir, gpu, quiet) -> None:
+    """Run caffe train on a run folder: resumes from its newest snapshot, log in RUN_DIR/train.log.
+
+    A transfer starts from its transplanted init (made from the base's final snapshot if missing).
+    Ctrl-C or SIGTERM makes Caffe snapshot before it stops; run the command again to resume."""
+    from .train import train as run_train
+
+    result = run_train(run_dir, gpu=gpu, progress=not quiet)
+    name = result.run.name
+    if result.status == "stopped":
+        click.echo(f"{name}: stopped at iteration {result.iteration} with a snapshot; run again to resume")
+        raise SystemExit(130)
+    if result.status == "already finished":
+        click.echo(f"{name}: already finished ({result.run.final_model})")
+        return
+    click.echo(f"{name}: trained iterations {result.start}..{result.iteration} in {result.seconds:.0f} s; "
+               f"final weights {result.run.final_model}; log {result.run.log}")
+
+
 @cli.command("parse-log")
 @click.argument("logs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--csv", "csv_prefix", type=click.Path(path_type=Path),

@@ -13,6 +13,7 @@ net and the snapshot prefix relative to it; data, mean and base weights are abso
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +30,8 @@ from .treatments import Kind, Treatment
 TRAINABLE = [{"lr_mult": 1, "decay_mult": 1}, {"lr_mult": 2, "decay_mult": 0}]
 FROZEN = [{"lr_mult": 0, "decay_mult": 0}, {"lr_mult": 0, "decay_mult": 0}]
 BACKENDS = ("lmdb", "leveldb")
-RUN_FILES = ("train_val.prototxt", "solver.prototxt", "deploy.prototxt", "treatment.json")
+RUN_FILES = ("train_val.prototxt", "solver.prototxt", "deploy.prototxt", "treatment.json", "run.sh")
+EXECUTABLE = ("run.sh",)
 SNAPSHOT_DIR = "snapshots"
 NET_NAME = "CaffeNet"
 
@@ -156,6 +158,7 @@ def _environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(resource_dir("templates")),
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     env.filters["proto"] = _proto_value
+    env.filters["sh"] = lambda value: shlex.quote(str(value))
     return env
 
 
@@ -203,6 +206,7 @@ def render_run(treatment: Treatment, options: GenOptions, out_dir: Path) -> dict
         "mean_file": str(mean_path(options.data_root, treatment.mean_set)),
         "base": base.name if base else None,
         "base_weights": str(base_weights) if base_weights else None,
+        "base_weights_given": options.base_weights is not None,
         "layers": [{"layer": r.layer, "name": r.name, "copied_from": r.copied_from,
                     "frozen": r.frozen, "renamed": r.renamed} for r in roles],
         "solver": {k: str(v) if isinstance(v, ProtoEnum) else v for k, v in solver.items()},
@@ -212,7 +216,12 @@ def render_run(treatment: Treatment, options: GenOptions, out_dir: Path) -> dict
     env = _environment()
     common = {"treatment": treatment, "arch": arch, "version": __version__, "net_name": NET_NAME}
     solver_fields = {"net": "train_val.prototxt", **solver, "snapshot_prefix": snapshot_prefix(treatment)}
+    script = {"final": f"{snapshot_prefix(treatment)}_iter_{solver['max_iter']}.caffemodel",
+              "snapshot_dir": SNAPSHOT_DIR, "snapshot_name": treatment.name, "init": "init.caffemodel",
+              "base": base, "base_weights": base_weights, "base_given": options.base_weights is not None,
+              "base_dir": Path("..") / base.name if base else None}
     return {
+        "run.sh": env.get_template("run.sh.j2").render(**script, **common),
         "train_val.prototxt": env.get_template("train_val.prototxt.j2").render(
             layers=train_val_layers(treatment, arch, options), **common),
         "deploy.prototxt": env.get_template("deploy.prototxt.j2").render(
@@ -241,7 +250,7 @@ def write_runs(runs: dict[Path, Treatment], options: GenOptions, force: bool = F
             # Caffe checks at start-up that the snapshot prefix's folder exists.
             (out_dir / SNAPSHOT_DIR).mkdir(parents=True, exist_ok=True)
             for name, text in files.items():
-                write_atomic(out_dir / name, text)
+                write_atomic(out_dir / name, text, mode=0o777 if name in EXECUTABLE else 0o666)
         except OSError as e:
             raise CaffeTransferError(f"cannot write run folder {out_dir}: {e.strerror or e}") from None
     return list(rendered)

@@ -11,7 +11,8 @@ Tables have the columns of Caffe's `tools/extra/parse_log.py` (NumIters, Seconds
 then one column per output), with its rules (and where it finds no `Train net output` lines, the
 train loss from the `Iteration N, loss = V` lines): a row per iteration at which outputs were printed,
 the learning rate last printed before it, seconds since the start of the log. A run restarted from
-a snapshot leaves several files; they are merged by iteration, the later file winning. Junk lines
+a snapshot leaves several files (the authors') or one appended file (`caffe-transfer train`);
+either way rows are merged by iteration, the later one winning. Junk lines
 are skipped; truncated, stub and test-less files are reported, never fatal.
 
 The paper's metric (EXPERIMENT.md): a run's score is the mean of its 10 highest val top-1
@@ -183,12 +184,30 @@ def parse_file(path: str | Path, train: bool = True) -> LogTables:
         # no `Train net output` lines, so the `Iteration N, loss = V` lines give the train loss.
         rows["train"] = rows["iteration_loss"]
     for table in rows.values():
+        # A log appended across restarts repeats the iterations after the snapshot it resumed
+        # from: as when merging files, the later rows win.
+        table[:] = _by_iteration([table])
         if len(table) > 1:  # parse_log.py's fix: the first rows precede the first printed lr
             table[0]["LearningRate"] = table[1]["LearningRate"]
     out.train, out.test = rows["train"], rows["test"]
     if not out.test and len(data) >= STUB_BYTES:
         out.problems.append(f"{path.name}: no test evaluations")
     return out
+
+
+def read_line(line: bytes) -> tuple[int | None, float | None, str | None, float | None]:
+    """What one line of a running `caffe train` says: (iteration, train loss, test output name,
+    value), None where the line does not say it. For live progress; tables come from parse_file."""
+    m = _LINE.match(line)
+    if not m:
+        return None, None, None, None
+    iteration = int(m.group(8)) if m.group(8) is not None else None
+    loss = _float(m.group(9)) if m.group(9) is not None else None
+    if m.group(13) is not None:
+        return iteration, loss, m.group(13).decode(), _float(m.group(14))
+    if m.group(11) is not None:
+        return iteration, loss, _score_name(m.group(11)), _float(m.group(12))
+    return iteration, loss, None, None
 
 
 def _natural_key(path: Path) -> list:
@@ -198,18 +217,22 @@ def _natural_key(path: Path) -> list:
 def merge(parts: list[LogTables]) -> LogTables:
     """One run's tables from its files in order: by iteration, the later file winning."""
     out = LogTables()
-    train: dict[int, dict] = {}
-    test: dict[int, dict] = {}
     for part in parts:
         out.files += part.files
         out.problems += part.problems
-        train.update((row["NumIters"], row) for row in part.train)
-        test.update((row["NumIters"], row) for row in part.test)
         if part.last_iteration is not None:
             out.last_iteration = max(out.last_iteration or 0, part.last_iteration)
-    out.train = [train[k] for k in sorted(train)]
-    out.test = [test[k] for k in sorted(test)]
+    out.train = _by_iteration([part.train for part in parts])
+    out.test = _by_iteration([part.test for part in parts])
     return out
+
+
+def _by_iteration(tables: list[list[dict]]) -> list[dict]:
+    """Rows of several tables in iteration order, one per iteration, the later row winning."""
+    rows: dict[int, dict] = {}
+    for table in tables:
+        rows.update((row["NumIters"], row) for row in table)
+    return [rows[k] for k in sorted(rows)]
 
 
 def log_files(run_dir: str | Path) -> list[Path]:

@@ -1,0 +1,180 @@
+"""Weight transplant by pycaffe net surgery: a transfer net's initial weights from its base.
+
+The target net is built from the run's `deploy.prototxt` (the same weight layers as its train
+net, without the data layers, so no LMDB is needed), with Caffe's own filler initialisation under
+a recorded seed. For each weight layer the treatment model says whether it is copied, and from
+which base layer; those blobs are copied through `net.params`, the rest keep their filler values.
+Every base layer is checked (present, same shape) before anything is written, because Caffe's own
+`CopyTrainedLayersFrom` aborts the process on a shape mismatch and silently skips a missing name.
+The saved file is reloaded and the copied blobs compared bit for bit with the base.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from google.protobuf.message import DecodeError
+
+from .atomic import write_atomic
+from .caffe_env import caffe_pb2, pycaffe
+from .errors import CaffeTransferError
+from .runs import Run
+from .treatments import Kind
+
+RECORD = "transplant.json"
+DEPLOY = "deploy.prototxt"
+
+
+def read_caffemodel(path: str | Path) -> dict[str, list[np.ndarray]]:
+    """The blobs of every layer of a .caffemodel (today's `layer` or the 2014 `layers` field),
+    as float32 arrays in the shape the file gives (2014 files give 4-D legacy shapes)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CaffeTransferError(f"base weights {path} do not exist")
+    net = caffe_pb2().NetParameter()
+    try:
+        net.ParseFromString(path.read_bytes())
+    except DecodeError:
+        raise CaffeTransferError(f"{path} is not a .caffemodel (not a serialized NetParameter)") from None
+    layers = {layer.name: list(layer.blobs) for layer in [*net.layer, *net.layers] if layer.blobs}
+    if not layers:
+        raise CaffeTransferError(f"{path} is not a .caffemodel: it holds no layer with weights")
+    return {name: [_array(b) for b in blobs] for name, blobs in layers.items()}
+
+
+def _array(blob) -> np.ndarray:
+    shape = tuple(blob.shape.dim) if blob.HasField("shape") else (
+        blob.num, blob.channels, blob.height, blob.width)
+    values = blob.data if len(blob.data) else blob.double_data
+    return np.asarray(values, dtype=np.float32).reshape(shape)
+
+
+def _fits(source: tuple, target: tuple) -> bool:
+    """Caffe's Blob::ShapeEquals: equal shapes, or a 4-D legacy shape equal to the target
+    padded with leading 1s."""
+    if source == target:
+        return True
+    return len(source) == 4 and len(target) <= 4 and source == (1,) * (4 - len(target)) + target
+
+
+def checksum(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array, dtype=np.float32).tobytes()).hexdigest()
+
+
+def _identical(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and np.array_equal(a.view(np.uint32), b.view(np.uint32))
+
+
+def default_seed(run: Run) -> int:
+    """A stable filler seed per run, so that two runs never share an init by accident and a
+    repeated transplant gives the same file."""
+    return zlib.crc32(run.name.encode())
+
+
+@dataclass
+class Transplant:
+    init: Path
+    record: Path
+    layers: list[dict]
+    seed: int
+
+
+def transplant(run_dir: str | Path, base: str | Path | None = None, out: str | Path | None = None,
+               seed: int | None = None) -> Transplant:
+    """Write the initial weights of a transfer (or random-frozen) run and its `transplant.json`.
+
+    `base` defaults to the base run's final snapshot. Nothing is written unless every copied layer
+    is found in the base with the right shape and survives the save bit for bit."""
+    run = Run.load(run_dir)
+    t = run.treatment
+    if t.kind not in (Kind.TRANSFER, Kind.RANDOM):
+        raise CaffeTransferError(
+            f"{run.name} ({t.family}) trains from scratch: there is nothing to transplant")
+    if t.kind is Kind.RANDOM and base is not None:
+        raise CaffeTransferError(f"{run.name} (random) freezes its own filler init: it takes no --base")
+    base_path = (Path(base) if base else run.base_weights()) if t.kind is Kind.TRANSFER else None
+    base_blobs = read_caffemodel(base_path) if base_path else {}
+    out = Path(out) if out else run.init_weights
+    seed = default_seed(run) if seed is None else seed
+
+    caffe = pycaffe()
+    caffe.set_mode_cpu()
+    caffe.set_random_seed(seed)
+    net = caffe.Net(str(run.dir / DEPLOY), caffe.TEST)
+    copies = _plan_copies(run, net, base_blobs, base_path)
+    for name, blobs in copies.items():
+        for target, source in zip(net.params[name], blobs):
+            target.data[...] = source.reshape(target.data.shape)
+    layers = _describe(run, net, base_path)
+
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        net.save(str(tmp))
+        _check_reload(run, tmp, copies, net)
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    record = {
+        "run": run.name, "treatment": t.notation, "family": t.family,
+        "init": str(out), "seed": seed, "seed_note": "caffe.set_random_seed before building the "
+        "deploy net: the filler values of every layer not copied",
+        "base": str(base_path) if base_path else None,
+        "base_sha256": hashlib.sha256(base_path.read_bytes()).hexdigest() if base_path else None,
+        "layers": layers,
+    }
+    record_path = run.dir / RECORD
+    write_atomic(record_path, json.dumps(record, indent=2) + "\n")
+    return Transplant(out, record_path, layers, seed)
+
+
+def _plan_copies(run: Run, net, base_blobs: dict, base_path: Path | None) -> dict[str, list[np.ndarray]]:
+    """Net layer name -> base blobs to copy, each checked against the net's shape."""
+    copies = {}
+    for role in run.roles():
+        if not role.copied_from:
+            continue
+        if role.layer not in base_blobs:
+            raise CaffeTransferError(
+                f"base {base_path} has no layer {role.layer!r} (it has {', '.join(base_blobs)})")
+        source, target = base_blobs[role.layer], net.params[role.name]
+        if len(source) != len(target):
+            raise CaffeTransferError(
+                f"layer {role.layer!r}: base {base_path} has {len(source)} blobs, the net needs {len(target)}")
+        for i, (s, b) in enumerate(zip(source, target)):
+            if not _fits(s.shape, b.data.shape):
+                raise CaffeTransferError(
+                    f"layer {role.layer!r} blob {i}: base {base_path} has shape {list(s.shape)}, "
+                    f"the net needs {list(b.data.shape)}")
+        copies[role.name] = source
+    return copies
+
+
+def _describe(run: Run, net, base_path: Path | None) -> list[dict]:
+    layers = []
+    for role in run.roles():
+        entry = {"layer": role.name, "action": "copied" if role.copied_from else "filler",
+                 "frozen": role.frozen}
+        if role.copied_from:
+            entry.update(from_run=role.copied_from, from_layer=role.layer, from_file=str(base_path))
+        entry["blobs"] = [{"shape": list(b.data.shape), "sha256": checksum(b.data)}
+                          for b in net.params[role.name]]
+        layers.append(entry)
+    return layers
+
+
+def _check_reload(run: Run, saved: Path, copies: dict, built) -> None:
+    """Reload the saved weights with Caffe and compare every blob bit for bit: copied ones with
+    the base, the others with the filler values that were saved."""
+    caffe = pycaffe()
+    net = caffe.Net(str(run.dir / DEPLOY), caffe.TEST, weights=str(saved))
+    for name, blobs in net.params.items():
+        expected = [s.reshape(b.data.shape) for s, b in zip(copies[name], blobs)] if name in copies \
+            else [b.data for b in built.params[name]]
+        for i, (b, e) in enumerate(zip(blobs, expected)):
+            if not _identical(b.data, e):
+                raise CaffeTransferError(f"layer {name!r} blob {i} differs after saving and reloading {saved}")
