@@ -40,6 +40,7 @@ class Architecture:
     train_batch: int
     val_batch: int
     fc8_outputs: int | None  # None: as many as the dataset has classes
+    input_scale: float | None = None  # transform_param scale after mean subtraction (None: none)
 
     @property
     def weight_layers(self) -> list[Layer]:
@@ -50,11 +51,14 @@ def _gaussian(std: float) -> dict:
     return {"type": "gaussian", "std": std}
 
 
+XAVIER = {"type": "xavier"}
+
+
 def _constant(value: float) -> dict:
     return {"type": "constant", "value": value}
 
 
-def _conv(name, num_output, kernel, std, bias, stride=1, pad=0, group=1) -> Layer:
+def _conv(name, num_output, kernel, filler, bias, stride=1, pad=0, group=1) -> Layer:
     p: dict = {"num_output": num_output}
     if pad:
         p["pad"] = pad
@@ -63,14 +67,14 @@ def _conv(name, num_output, kernel, std, bias, stride=1, pad=0, group=1) -> Laye
         p["group"] = group
     if stride != 1:
         p["stride"] = stride
-    p["weight_filler"] = _gaussian(std)
+    p["weight_filler"] = filler
     p["bias_filler"] = _constant(bias)
     return Layer(name, "Convolution", {"convolution_param": p})
 
 
-def _fc(name, num_output, std, bias) -> Layer:
+def _fc(name, num_output, filler, bias) -> Layer:
     return Layer(name, "InnerProduct", {"inner_product_param": {
-        "num_output": num_output, "weight_filler": _gaussian(std), "bias_filler": _constant(bias)}})
+        "num_output": num_output, "weight_filler": filler, "bias_filler": _constant(bias)}})
 
 
 def _relu(name) -> Layer:
@@ -106,30 +110,33 @@ def _body(convs: list[Layer], fcs: list[Layer]) -> tuple[Layer, ...]:
 
 def _caffenet(fc8: int) -> tuple[Layer, ...]:
     return _body(
-        [_conv("conv1", 96, 11, 0.01, 0, stride=4),
-         _conv("conv2", 256, 5, 0.01, 1, pad=2, group=2),
-         _conv("conv3", 384, 3, 0.01, 0, pad=1),
-         _conv("conv4", 384, 3, 0.01, 1, pad=1, group=2),
-         _conv("conv5", 256, 3, 0.01, 1, pad=1, group=2)],
-        [_fc("fc6", 4096, 0.005, 1), _fc("fc7", 4096, 0.005, 1), _fc("fc8", fc8, 0.01, 0)])
+        [_conv("conv1", 96, 11, _gaussian(0.01), 0, stride=4),
+         _conv("conv2", 256, 5, _gaussian(0.01), 1, pad=2, group=2),
+         _conv("conv3", 384, 3, _gaussian(0.01), 0, pad=1),
+         _conv("conv4", 384, 3, _gaussian(0.01), 1, pad=1, group=2),
+         _conv("conv5", 256, 3, _gaussian(0.01), 1, pad=1, group=2)],
+        [_fc("fc6", 4096, _gaussian(0.005), 1), _fc("fc7", 4096, _gaussian(0.005), 1),
+         _fc("fc8", fc8, _gaussian(0.01), 0)])
 
 
 def _small(fc8: int) -> tuple[Layer, ...]:
     # Sized for 28x28 crops of 32x32 images: 28 -> pool 14 -> pool 7 -> pool5 3 (3x3x64 into fc6).
+    # Xavier fillers and inputs scaled by 1/256 let it learn within a few hundred iterations, where
+    # CaffeNet's small Gaussians need thousands; the layers are CaffeNet's.
     return _body(
-        [_conv("conv1", 32, 5, 0.01, 0, pad=2),
-         _conv("conv2", 64, 5, 0.01, 1, pad=2, group=2),
-         _conv("conv3", 96, 3, 0.01, 0, pad=1),
-         _conv("conv4", 96, 3, 0.01, 1, pad=1, group=2),
-         _conv("conv5", 64, 3, 0.01, 1, pad=1, group=2)],
-        [_fc("fc6", 256, 0.005, 1), _fc("fc7", 256, 0.005, 1), _fc("fc8", fc8, 0.01, 0)])
+        [_conv("conv1", 32, 5, XAVIER, 0, pad=2),
+         _conv("conv2", 64, 5, XAVIER, 0.1, pad=2, group=2),
+         _conv("conv3", 96, 3, XAVIER, 0, pad=1),
+         _conv("conv4", 96, 3, XAVIER, 0.1, pad=1, group=2),
+         _conv("conv5", 64, 3, XAVIER, 0.1, pad=1, group=2)],
+        [_fc("fc6", 256, XAVIER, 0.1), _fc("fc7", 256, XAVIER, 0.1), _fc("fc8", fc8, XAVIER, 0)])
 
 
 _BUILDERS = {
     "caffenet": (_caffenet, dict(image_size=256, crop_size=227, train_batch=256, val_batch=50,
                                  fc8_outputs=1000)),
     "small": (_small, dict(image_size=32, crop_size=28, train_batch=64, val_batch=100,
-                           fc8_outputs=None)),
+                           fc8_outputs=None, input_scale=1 / 256)),
 }
 ARCHITECTURES = tuple(_BUILDERS)
 

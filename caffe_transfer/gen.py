@@ -105,11 +105,15 @@ def body_layers(treatment: Treatment, arch: Architecture) -> tuple[list[dict], s
     return layers, blob
 
 
-def _data_layer(phase: str, source: Path, backend: str, mean: Path, batch: int, crop: int) -> dict:
+def _data_layer(phase: str, source: Path, backend: str, mean: Path, arch: Architecture) -> dict:
+    batch = arch.train_batch if phase == "TRAIN" else arch.val_batch
+    transform = {"mirror": phase == "TRAIN", "crop_size": arch.crop_size, "mean_file": str(mean)}
+    if arch.input_scale:
+        transform["scale"] = arch.input_scale
     return {
         "name": "data", "type": "Data", "top": ["data", "label"],
         "include": {"phase": ProtoEnum(phase)},
-        "transform_param": {"mirror": phase == "TRAIN", "crop_size": crop, "mean_file": str(mean)},
+        "transform_param": transform,
         "data_param": {"source": str(source), "batch_size": batch, "backend": ProtoEnum(backend.upper())},
     }
 
@@ -123,9 +127,9 @@ def train_val_layers(treatment: Treatment, arch: Architecture, options: GenOptio
     test = ProtoEnum("TEST")
     return [
         _data_layer("TRAIN", db_path(options.data_root, treatment.train_set, options.backend),
-                    options.backend, mean, arch.train_batch, arch.crop_size),
+                    options.backend, mean, arch),
         _data_layer("TEST", db_path(options.data_root, treatment.val_set, options.backend),
-                    options.backend, mean, arch.val_batch, arch.crop_size),
+                    options.backend, mean, arch),
         *body,
         # As in the authors' nets: the train net ends in the loss, the val net in softmax + accuracy.
         {"name": "loss", "type": "SoftmaxWithLoss", "bottom": [out, "label"], "include": {"phase": train}},
@@ -135,9 +139,16 @@ def train_val_layers(treatment: Treatment, arch: Architecture, options: GenOptio
     ]
 
 
-def deploy_layers(treatment: Treatment, arch: Architecture) -> list[dict]:
+def input_channels(mean_file: Path) -> int:
+    """Channels of the net's input: the mean's where it exists already (1 for grey data), else 3."""
+    from .lmdb_builder import read_mean
+
+    return read_mean(mean_file).shape[0] if Path(mean_file).is_file() else 3
+
+
+def deploy_layers(treatment: Treatment, arch: Architecture, channels: int = 3) -> list[dict]:
     body, out = body_layers(treatment, arch)
-    shape = {"dim": [10, 3, arch.crop_size, arch.crop_size]}
+    shape = {"dim": [10, channels, arch.crop_size, arch.crop_size]}
     return [{"name": "data", "type": "Input", "top": "data", "input_param": {"shape": shape}},
             *body, {"name": "prob", "type": "Softmax", "bottom": out, "top": "prob"}]
 
@@ -152,7 +163,7 @@ def final_snapshot(run_dir: Path, treatment: Treatment, max_iter: int) -> Path:
     return Path(run_dir) / f"{snapshot_prefix(treatment)}_iter_{max_iter}.caffemodel"
 
 
-def _environment() -> jinja2.Environment:
+def jinja_environment() -> jinja2.Environment:
     from .resources import resource_dir
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(resource_dir("templates")),
@@ -213,7 +224,7 @@ def render_run(treatment: Treatment, options: GenOptions, out_dir: Path) -> dict
         "snapshot_prefix": snapshot_prefix(treatment),
         "generator": f"caffe-transfer {__version__}",
     }
-    env = _environment()
+    env = jinja_environment()
     common = {"treatment": treatment, "arch": arch, "version": __version__, "net_name": NET_NAME}
     solver_fields = {"net": "train_val.prototxt", **solver, "snapshot_prefix": snapshot_prefix(treatment)}
     script = {"final": f"{snapshot_prefix(treatment)}_iter_{solver['max_iter']}.caffemodel",
@@ -225,7 +236,8 @@ def render_run(treatment: Treatment, options: GenOptions, out_dir: Path) -> dict
         "train_val.prototxt": env.get_template("train_val.prototxt.j2").render(
             layers=train_val_layers(treatment, arch, options), **common),
         "deploy.prototxt": env.get_template("deploy.prototxt.j2").render(
-            layers=deploy_layers(treatment, arch), **common),
+            layers=deploy_layers(treatment, arch, input_channels(mean_path(options.data_root, treatment.mean_set))),
+            **common),
         "solver.prototxt": env.get_template("solver.prototxt.j2").render(solver=solver_fields, **common),
         "treatment.json": json.dumps(description, indent=2) + "\n",
     }

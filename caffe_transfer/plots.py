@@ -27,6 +27,9 @@ STYLE = {  # family: (label, marker, face colour, x offset)
 LAYERS = list(range(1, 8))
 
 
+NATMAN_TITLE = "Man-made/Natural split"
+
+
 def _save(fig, out_dir: Path, stem: str) -> list[Path]:
     paths = []
     for ext in ("png", "pdf"):
@@ -45,6 +48,8 @@ def _points(summary: dict, family: str) -> tuple[list[float], list[float]]:
     xs, ys = [], []
     for run in summary["runs"]:
         if run["score"] is None or run["split"] not in ("0", "1", "2", "3") or run["family"] != family:
+            continue
+        if family == "base" and summary.get("base_half") not in (None, run["half"]):
             continue
         xs.append((run["n"] or 0) + STYLE[family][3])
         ys.append(run["score"])
@@ -90,7 +95,7 @@ def figure3(summary: dict, out_dir: Path) -> list[Path]:
     for key in ("target_natural", "target_manmade"):
         row = natman[key]
         _line(nm_ax, row["base"], row["layers"], "o", orange)
-    nm_ax.set_title("Man-made/Natural split")
+    nm_ax.set_title(summary.get("natman_title", NATMAN_TITLE))
     nm_ax.set_ylabel("Top-1 accuracy")
     rnd = summary["random"]
     _line(rnd_ax, rnd["base"], rnd["layers"], "v", olive)
@@ -100,7 +105,7 @@ def figure3(summary: dict, out_dir: Path) -> list[Path]:
     nm_rel = [_mean2(a, b) for a, b in zip(*(_relative(natman[k]["layers"], natman[k]["base"])
                                             for k in ("target_natural", "target_manmade")))]
     for values, marker, color, label in ((anb, "D", "#ee0000", "mean AnB, random splits"),
-                                         (nm_rel, "o", orange, "mean AnB, m/n split"),
+                                         (nm_rel, "o", orange, "mean AnB, dissimilar split"),
                                          (_relative(rnd["layers"], rnd["base"]), "v", olive, "random features")):
         _line(rel_ax, 0.0, values, marker, color, label=label)
     rel_ax.set_ylim(-0.3, 0.03)
@@ -145,5 +150,12 @@ def reduced_figure(summary: dict, out_dir: Path) -> list[Path]:
 
 
 def write_figures(summary: dict, out_dir: str | Path) -> list[Path]:
+    """Figure 2 always; Figure 3 and the reduced-data curve where some of their runs exist."""
     out_dir = Path(out_dir)
-    return figure2(summary, out_dir) + figure3(summary, out_dir) + reduced_figure(summary, out_dir)
+    written = figure2(summary, out_dir)
+    natman = [v for row in summary["natman"].values() for v in row["layers"]]
+    if any(v is not None for v in natman + summary["random"]["layers"]):
+        written += figure3(summary, out_dir)
+    if any(v is not None for v in summary["reduced"].values()):
+        written += reduced_figure(summary, out_dir)
+    return written

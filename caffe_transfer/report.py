@@ -104,10 +104,13 @@ def _diff(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
 
 
-def summarize(runs: list[RunResult]) -> dict:
-    """The paper's numbers from run results, as fractions (0.625, not 62.5%)."""
+def summarize(runs: list[RunResult], base_half: str | None = None) -> dict:
+    """The paper's numbers from run results, as fractions (0.625, not 62.5%).
+
+    The base level is the mean of all random-split bases (the paper's), or with `base_half` of
+    those of one half: where only transfers to B were trained and the halves differ in difficulty."""
     random_splits = [r for r in runs if r.treatment.split in ("0", "1", "2", "3")]
-    base_mean = _mean(_scores(random_splits, lambda t: t.kind is Kind.BASE))
+    base_mean = _mean(_scores(random_splits, lambda t: t.kind is Kind.BASE and base_half in (None, t.half)))
     layers = {f: [_mean(_scores(random_splits, lambda t: t.family == f and t.n == n)) for n in range(1, N_TRANSFERABLE + 1)]
               for f in FAMILIES}
     table1 = {}
@@ -131,6 +134,7 @@ def summarize(runs: list[RunResult]) -> dict:
     return {
         "metric": METRIC,
         "base_mean": base_mean,
+        "base_half": base_half,
         "full_net": full,
         "layers": layers,
         "table1": table1,
@@ -140,7 +144,7 @@ def summarize(runs: list[RunResult]) -> dict:
         "reduced": {str(k): _mean(_scores(runs, lambda t: t.per_class == k)) for k in REDUCED_PER_CLASS},
         "drops_at_7": {"similar": _diff(base_mean, anb7), "dissimilar": _mean(nm_drops)},
         "runs": [{"name": r.folder, "treatment": r.treatment.name, "family": r.treatment.family,
-                  "split": r.treatment.split, "n": r.treatment.n, "score": r.score,
+                  "split": r.treatment.split, "half": r.treatment.half, "n": r.treatment.n, "score": r.score,
                   "evaluations": r.evaluations, "last_iteration": r.last_iteration,
                   "max_iter": r.max_iter, "files": r.files, "problems": r.problems} for r in runs],
     }
@@ -207,7 +211,8 @@ def _fmt(v, pct: bool = False) -> str:
 
 def text_report(summary: dict, comparison: list[dict], incomplete: list[dict], unknown: list[str]) -> str:
     lines = [f"Metric: {summary['metric']}.", "",
-             f"Base (mean of the 8 random-split halves): {_fmt(summary['base_mean'])};"
+             f"Base (mean of the random-split bases{' of half ' + summary['base_half'] if summary.get('base_half') else ''}):"
+             f" {_fmt(summary['base_mean'])};"
              f" full 1000-class net: {_fmt(summary['full_net'])}", "",
              "Per-layer means, n = 1..7:"]
     for f in FAMILIES:
@@ -215,7 +220,8 @@ def text_report(summary: dict, comparison: list[dict], incomplete: list[dict], u
     lines += ["", "Table 1: AnB+ boost", "  layers   over baseB   over BnB+"]
     for label, row in summary["table1"].items():
         lines.append(f"  {label:7}  {_fmt(row['over_baseB'], True):>10}  {_fmt(row['over_BnB+'], True):>10}")
-    lines += ["", "Comparison with the paper (paper value / recomputed from the released logs / ours):"]
+    if comparison:
+        lines += ["", "Comparison with the paper (paper value / recomputed from the released logs / ours):"]
     for row in comparison:
         verdict = "ok" if (row["within_recomputed"] is not False and row["within_paper"] is not False) else "OFF"
         if row["ours"] is None:
@@ -230,11 +236,18 @@ def text_report(summary: dict, comparison: list[dict], incomplete: list[dict], u
 
 
 def write_report(results_dir: str | Path, out_dir: str | Path, json_path: str | Path | None = None,
-                 figures: bool = True) -> dict:
-    """Collect, summarise and write the report files into `out_dir`; returns the summary."""
+                 figures: bool = True, natman_title: str | None = None, compare: bool = True,
+                 base_half: str | None = None) -> dict:
+    """Collect, summarise and write the report files into `out_dir`; returns the summary.
+
+    `natman_title` names the dissimilar split where it is not natural vs man-made, and
+    `compare=False` leaves out the comparison with the paper's numbers (both for the demo).
+    `base_half` as in `summarize`."""
     runs, unknown = collect(results_dir)
-    summary = summarize(runs)
-    comparison = compare_with_paper(summary)
+    summary = summarize(runs, base_half)
+    if natman_title:
+        summary["natman_title"] = natman_title
+    comparison = compare_with_paper(summary) if compare else []
     incomplete = incomplete_runs(runs)
     summary["comparison"] = comparison
     summary["incomplete"] = incomplete
@@ -250,7 +263,8 @@ def write_report(results_dir: str | Path, out_dir: str | Path, json_path: str | 
     write_atomic(out_dir / "layer_means.csv", _csv(means, ["family", "n", "mean"]))
     t1 = [{"layers": k, **v} for k, v in summary["table1"].items()]
     write_atomic(out_dir / "table1.csv", _csv(t1, ["layers", "over_baseB", "over_BnB+"]))
-    write_atomic(out_dir / "comparison.csv", _csv(comparison, list(comparison[0])))
+    if comparison:
+        write_atomic(out_dir / "comparison.csv", _csv(comparison, list(comparison[0])))
     write_atomic(out_dir / "incomplete.csv", _csv([{"name": r["name"], "problems": "; ".join(r["problems"])}
                                                    for r in incomplete], ["name", "problems"]))
     write_atomic(out_dir / "report.txt", text_report(summary, comparison, incomplete, unknown))

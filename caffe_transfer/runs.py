@@ -7,8 +7,11 @@ the newest readable `.solverstate` is where a run resumes) are written once.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import os
 import re
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +27,7 @@ from .treatments import LayerRole, Treatment, parse
 DESCRIPTION = "treatment.json"
 SOLVER = "solver.prototxt"
 LOG = "train.log"
+STATUS = "status.json"  # what `train` last said of the run: running (pid, host), finished, stopped, failed
 INIT = "init.caffemodel"
 _STATE = re.compile(r"_iter_(\d+)\.solverstate$")
 
@@ -71,6 +75,24 @@ class Run:
     @property
     def log(self) -> Path:
         return self.dir / LOG
+
+    def write_status(self, state: str, **fields) -> None:
+        stamp = dt.datetime.now().isoformat(timespec="seconds")
+        write_atomic(self.dir / STATUS, json.dumps({"state": state, "at": stamp, **fields}) + "\n")
+
+    def status(self) -> dict:
+        """The last status `train` wrote ({} if none); a `running` whose process is gone on this
+        host reads as `stopped`, and one on another host is taken at its word."""
+        try:
+            status = json.loads((self.dir / STATUS).read_text())
+        except (OSError, ValueError):
+            return {}
+        if status.get("state") == "running" and status.get("host") == socket.gethostname():
+            try:
+                os.kill(status["pid"], 0)
+            except (OSError, KeyError, TypeError):
+                status = {**status, "state": "stopped", "error": "its trainer is gone"}
+        return status
 
     @property
     def init_weights(self) -> Path:

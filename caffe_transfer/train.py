@@ -16,11 +16,13 @@ import ctypes
 import datetime as dt
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from tqdm import tqdm
 
@@ -31,6 +33,7 @@ from .runs import Run
 from .treatments import Kind
 
 HEADER = "==> caffe-transfer train"  # starts the line written before each session in train.log
+STOPPED_EARLY = "Optimization stopped early."  # Caffe, after a SIGINT and its snapshot
 _PR_SET_PDEATHSIG = 1
 
 
@@ -84,14 +87,42 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def train(run_dir: str | Path, gpu: int | None = None, progress: bool = True) -> TrainResult:
-    """Train (or resume) the run in `run_dir` to its max_iter with the real `caffe train`."""
+def train(run_dir: str | Path, gpu: int | None = None, progress: bool = True, threads: int | None = None,
+          on_iteration: Callable[[int], object] | None = None,
+          on_start: Callable[[subprocess.Popen], None] | None = None,
+          on_end: Callable[[subprocess.Popen], None] | None = None) -> TrainResult:
+    """Train (or resume) the run in `run_dir` to its max_iter with the real `caffe train`.
+
+    `threads` sets OPENBLAS_NUM_THREADS for Caffe; `on_iteration` receives the iterations done
+    (first those done before this session); `on_start`/`on_end` see the Caffe process (a scheduler
+    uses them to stop many runs at once)."""
     run = Run.load(run_dir)
+    count = on_iteration or (lambda delta: None)
     if run.finished:
+        count(run.max_iter)
         return TrainResult(run, "already finished", run.max_iter, run.max_iter, 0.0)
     begin = start(run)
     cmd = command(run, begin, gpu)
     env = {**os.environ, "GLOG_logtostderr": "1", "GLOG_minloglevel": "0"}
+    if threads:
+        env["OPENBLAS_NUM_THREADS"] = str(threads)
+    count(begin.iteration)
+    run.write_status("running", pid=os.getpid(), host=socket.gethostname(), iteration=begin.iteration)
+    try:
+        result = _session(run, begin, cmd, env, progress, count, on_start, on_end)
+    except CaffeTransferError as e:
+        run.write_status("failed", error=str(e))
+        raise
+    except BaseException:
+        run.write_status("stopped", error="the trainer was interrupted")
+        raise
+    run.write_status(result.status, iteration=result.iteration)
+    return result
+
+
+def _session(run: Run, begin: Start, cmd: list[str], env: dict, progress: bool, count, on_start,
+             on_end) -> TrainResult:
+    """One `caffe train` process, from start to exit."""
     started = time.monotonic()
     with open(run.log, "ab") as log:
         stamp = dt.datetime.now().isoformat(timespec="seconds")
@@ -99,27 +130,38 @@ def train(run_dir: str | Path, gpu: int | None = None, progress: bool = True) ->
         log.flush()
         proc = subprocess.Popen(cmd, cwd=run.dir, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
-        stopped = _forward_signals(proc)
+        forwarder = _forward_signals(proc)
+        if on_start:
+            on_start(proc)
         try:
-            iteration, last = _follow(run, proc, log, begin.iteration, progress)
+            session = _follow(run, proc, log, begin.iteration, progress, count)
         finally:
             proc.wait()
-            stopped.restore()
+            forwarder.restore()
+            if on_end:
+                on_end(proc)
     seconds = time.monotonic() - started
     if proc.returncode != 0:
         raise CaffeTransferError(
-            f"caffe train of {run.name} failed (exit {proc.returncode}): {last}; full log: {run.log}")
-    if stopped.signal is not None:
-        return TrainResult(run, "stopped", begin.iteration, iteration, seconds)
+            f"caffe train of {run.name} failed (exit {proc.returncode}): {session.last}; full log: {run.log}")
+    if session.stopped_early:
+        return TrainResult(run, "stopped", begin.iteration, session.iteration, seconds)
     if not run.finished:
         raise CaffeTransferError(f"caffe train of {run.name} ended without {run.final_model}: see {run.log}")
     return TrainResult(run, "finished", begin.iteration, run.max_iter, seconds)
 
 
-def _follow(run: Run, proc: subprocess.Popen, log, iteration: int, progress: bool) -> tuple[int, str]:
-    """Copy Caffe's output to the log and drive the progress bar; the last iteration and the
-    line that best explains a failure (the last fatal one, else the last one)."""
-    last, fatal = "(no output)", None
+@dataclass
+class _Session:
+    iteration: int
+    last: str = "(no output)"    # the line that best explains a failure
+    stopped_early: bool = False  # Caffe stopped on a signal, after its snapshot
+
+
+def _follow(run: Run, proc: subprocess.Popen, log, iteration: int, progress: bool,
+            count: Callable[[int], object]) -> _Session:
+    """Copy Caffe's output to the log and drive the progress bar and `count`."""
+    session, fatal = _Session(iteration), None
     bar = tqdm(total=run.max_iter, initial=iteration, desc=run.name, unit="it", disable=not progress,
                dynamic_ncols=True, smoothing=0.05)
     postfix: dict[str, str] = {}
@@ -128,13 +170,15 @@ def _follow(run: Run, proc: subprocess.Popen, log, iteration: int, progress: boo
         log.flush()
         text = line.decode(errors="replace").strip()
         if text:
-            last = text
+            session.last = text
             if text.startswith("F") or "Check failed" in text:
                 fatal = fatal or text
+            session.stopped_early |= text.endswith(STOPPED_EARLY)
         at, loss, output, value = logs.read_line(line)
-        if at is not None and at > iteration:
-            bar.update(at - iteration)
-            iteration = at
+        if at is not None and at > session.iteration:
+            bar.update(at - session.iteration)
+            count(at - session.iteration)
+            session.iteration = at
         if loss is not None:
             postfix["loss"] = f"{loss:.3f}"
         if output == logs.ACCURACY:
@@ -142,17 +186,17 @@ def _follow(run: Run, proc: subprocess.Popen, log, iteration: int, progress: boo
         if loss is not None or output == logs.ACCURACY:
             bar.set_postfix(postfix, refresh=False)
     bar.close()
-    return iteration, fatal or last
+    session.last = fatal or session.last
+    return session
 
 
 class _Forwarder:
     """SIGINT and SIGTERM handlers that pass SIGINT on to Caffe, so that it snapshots and stops."""
 
     def __init__(self, proc: subprocess.Popen):
-        self.proc, self.signal, self.saved = proc, None, {}
+        self.proc, self.saved = proc, {}
 
     def __call__(self, signum, frame) -> None:
-        self.signal = signum
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
 

@@ -1,0 +1,200 @@
+"""The scaled-down reproduction: the paper's pipeline on Fashion-MNIST, on a laptop's CPU.
+
+Fashion-MNIST comes from Debian's `dataset-fashion-mnist` package (10 classes of clothing, shoes
+and bags, 28x28 grey); nothing is downloaded. It is exported once to an image tree, then goes
+through the same functions the commands run on ImageNet: whole lists, class splits (random 5/5
+halves by the paper's seeding rule, and a dissimilar split, garments vs footwear and bags, in the
+place of natural vs man-made), LMDBs and means, run folders of the small architecture, training
+(bases before transfers, on all cores), transplant, and the report. Every step is resumable: a
+demo run again continues where it stopped and never retrains a finished run.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import write_atomic
+from .errors import CaffeTransferError
+from .gen import GenOptions, write_runs
+from .lists import write_whole_lists
+from .lmdb_builder import BuildOptions, build
+from .scheduler import GridResult, run_grid
+from .splits import random_halves, split_datasets, write_splits
+from .treatments import N_TRANSFERABLE, Kind, Treatment
+
+FASHION_MNIST = Path(os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
+PACKAGE = "dataset-fashion-mnist"
+CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot")
+GARMENTS = (0, 1, 2, 3, 4, 6)      # the dissimilar split's half A (in the place of "natural")
+FOOTWEAR_AND_BAGS = (5, 7, 8, 9)   # half B (in the place of "man-made")
+SPLIT = "0"
+IMAGE_SIZE = 32                    # the small architecture's stored size (28x28 crops)
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    train_per_class: int
+    test_per_class: int
+    solver: dict
+    dissimilar: bool   # the garments vs footwear-and-bags transfers
+    random: bool       # the random-frozen nets and the full net they are compared with
+
+
+PRESETS = {
+    "quick": Preset("quick", 100, 40, {"max_iter": 40, "test_interval": 20, "test_iter": 2, "snapshot": 20,
+                                        "display": 10, "stepsize": 1000}, dissimilar=False, random=False),
+    "standard": Preset("standard", 1000, 200, {"max_iter": 300, "test_interval": 15, "test_iter": 2,
+                                                "snapshot": 100, "display": 15, "stepsize": 200},
+                       dissimilar=True, random=True),
+}
+
+
+def grid(preset: Preset) -> list[Treatment]:
+    """The demo's runs: bases, BnB, BnB+, AnB, AnB+ for n = 1..7 on split 0, and per preset the
+    dissimilar split's bases and AnB, the random-frozen nets and the full net."""
+    layers = range(1, N_TRANSFERABLE + 1)
+    runs = [Treatment(Kind.BASE, split=SPLIT, half=h) for h in "AB"]
+    for n in layers:
+        runs += [Treatment(Kind.TRANSFER, split=SPLIT, source=s, half="B", n=n, fine_tune=ft)
+                 for s in "BA" for ft in (False, True)]
+    if preset.dissimilar:
+        runs += [Treatment(Kind.BASE, split="natman", half=h) for h in "AB"]
+        runs += [Treatment(Kind.TRANSFER, split="natman", source="A", half="B", n=n) for n in layers]
+    if preset.random:
+        runs.append(Treatment(Kind.FULL))
+        runs += [Treatment(Kind.RANDOM, n=n) for n in layers]
+    return runs
+
+
+# --- data ------------------------------------------------------------------------------------
+def _idx(path: Path, offset: int) -> np.ndarray:
+    try:
+        return np.frombuffer(gzip.decompress(path.read_bytes()), dtype=np.uint8, offset=offset)
+    except OSError as e:
+        raise CaffeTransferError(f"cannot read {path}: {e}") from None
+
+
+def _source_files(source: Path) -> dict[str, tuple[Path, Path]]:
+    files = {subset: (source / f"{stem}-images-idx3-ubyte.gz", source / f"{stem}-labels-idx1-ubyte.gz")
+             for subset, stem in (("train", "train"), ("test", "t10k"))}
+    missing = [str(p) for pair in files.values() for p in pair if not p.is_file()]
+    if missing:
+        raise CaffeTransferError(f"Fashion-MNIST not found ({missing[0]} is missing): install Debian's "
+                                 f"{PACKAGE} (apt-get install {PACKAGE}) or set FASHION_MNIST_DIR")
+    return files
+
+
+def export_images(source: Path, out: Path, preset: Preset) -> Path:
+    """The first k images of each class as PNG files in `out/{train,test}/<index>-<name>/`."""
+    from PIL import Image
+
+    done = out / "COMPLETE"
+    if done.is_file():
+        return out
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    for subset, (images_path, labels_path) in _source_files(source).items():
+        labels = _idx(labels_path, 8)
+        images = _idx(images_path, 16).reshape(len(labels), 28, 28)
+        keep = preset.train_per_class if subset == "train" else preset.test_per_class
+        for c, name in enumerate(CLASSES):
+            folder = partial / subset / f"{c}-{name}"
+            folder.mkdir(parents=True)
+            for i in np.flatnonzero(labels == c)[:keep]:
+                Image.fromarray(images[i]).save(folder / f"{i:05d}.png")
+    partial.rename(out)
+    write_atomic(done, f"{preset.train_per_class} train and {preset.test_per_class} test images per class\n")
+    return out
+
+
+def datasets(preset: Preset) -> dict[str, list[int]]:
+    """Dataset name -> classes, in the authors' layout (`half0A`, `halfnatmanB`, `whole`)."""
+    sets = split_datasets(SPLIT, *random_halves(int(SPLIT), len(CLASSES)))
+    sets.update(split_datasets("natman", list(GARMENTS), list(FOOTWEAR_AND_BAGS)))
+    sets["whole"] = list(range(len(CLASSES)))
+    return sets
+
+
+def prepare_data(out: Path, preset: Preset, progress: bool = True) -> Path:
+    """Images, lists, splits, LMDBs and means under `out/data`; returns that folder."""
+    data = out / "data"
+    images = export_images(FASHION_MNIST, data / "images", preset)
+    lists = data / "lists"
+    write_whole_lists(images / "train", images / "test", lists)
+    sets = datasets(preset)
+    for subset, whole in (("train", "whole_train.txt"), ("valid", "whole_valid.txt")):
+        write_splits(lists / whole, subset, data, custom=sets, num_classes=len(CLASSES), reduced=())
+    for name in sets:
+        for subset, root in (("train", "train"), ("valid", "test")):
+            folder = data / f"{name}_{subset}"
+            build(folder / "files.txt", images / root, folder,
+                  BuildOptions(resize=IMAGE_SIZE, gray=True), progress=progress)
+    return data
+
+
+# --- runs ------------------------------------------------------------------------------------
+def _state(out: Path, preset: Preset) -> None:
+    """The preset is fixed per output folder: a second run with another would mix two grids."""
+    path = out / "demo.json"
+    wanted = asdict(preset)
+    if path.is_file():
+        had = json.loads(path.read_text())
+        if had != wanted:
+            raise CaffeTransferError(
+                f"{out} holds a demo with preset {had.get('name')!r}, not {preset.name!r}: "
+                "use another --out, or delete the folder")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(wanted, indent=2) + "\n")
+
+
+def write_grid(out: Path, data: Path, preset: Preset) -> list[Path]:
+    """Run folders for the preset's grid under `out/runs`; existing ones are kept as they are."""
+    options = GenOptions(arch="small", data_root=data, fc8_outputs="classes", gpu=False, solver=preset.solver)
+    runs = {out / "runs" / t.name: t for t in grid(preset)}
+    write_runs({d: t for d, t in runs.items() if not (d / "treatment.json").is_file()}, options)
+    return list(runs)
+
+
+@dataclass
+class DemoResult:
+    out: Path
+    grid: GridResult
+    report: Path
+    seconds: float
+
+
+def run_demo(out: str | Path, preset_name: str = "standard", workers: int | None = None,
+             progress: bool = True) -> DemoResult:
+    """Data, grid, training and report of the scaled-down reproduction, into `out`."""
+    if preset_name not in PRESETS:
+        raise CaffeTransferError(f"unknown preset {preset_name!r}: expected one of {', '.join(PRESETS)}")
+    preset = PRESETS[preset_name]
+    out = Path(out).resolve()
+    started = time.monotonic()
+    _source_files(FASHION_MNIST)
+    _state(out, preset)
+    data = prepare_data(out, preset, progress)
+    run_dirs = write_grid(out, data, preset)
+    workers = workers or os.cpu_count() or 1
+    result = run_grid(run_dirs, workers=workers, blas_threads=max(1, (os.cpu_count() or 1) // workers),
+                      progress=progress)
+    report = out / "report"
+    if not result.interrupted:
+        from .findings import write_findings
+        from .report import write_report
+
+        summary = write_report(out / "runs", report, report / "numbers.json",
+                               natman_title="Garments / footwear-and-bags split", compare=False,
+                               base_half="B")
+        write_findings(summary, report / "findings.md", f"caffe-transfer demo, {preset.name} preset")
+    return DemoResult(out, result, report, time.monotonic() - started)

@@ -1,0 +1,150 @@
+"""Training many run folders at once: bases before their transfers, one run per worker.
+
+A transfer run depends on its base run when the base is in the same set (the base's final
+snapshot is the hand-off). Runs whose base has finished are started most-depended-on first, so
+bases never wait behind transfers. Finished runs are skipped, interrupted ones resume from their
+snapshots (`train` does both), a failed run holds back its dependants while independent runs go
+on. One progress bar covers the whole set: runs done, the runs in progress, time left.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .errors import CaffeTransferError
+from .runs import Run
+from .train import train
+
+
+@dataclass
+class Outcome:
+    name: str
+    status: str          # finished, already finished, stopped, failed, held (its base failed),
+                         # not started (the grid was interrupted first)
+    seconds: float = 0.0
+    error: str = ""
+
+
+@dataclass
+class GridResult:
+    outcomes: dict[Path, Outcome] = field(default_factory=dict)
+    interrupted: bool = False  # a signal stopped the grid: run it again to continue
+
+    def count(self, *statuses: str) -> int:
+        return sum(o.status in statuses for o in self.outcomes.values())
+
+    @property
+    def complete(self) -> bool:
+        return self.count("finished", "already finished") == len(self.outcomes)
+
+
+def dependencies(runs: list[Run]) -> dict[Path, Path | None]:
+    """Each run's base run folder, where that base is among `runs`."""
+    folders = {r.dir for r in runs}
+    return {r.dir: r.base_dir if r.base_dir in folders else None for r in runs}
+
+
+class _Live:
+    """The Caffe processes now running, so that one signal can ask all of them to snapshot."""
+
+    def __init__(self):
+        self.procs: set[subprocess.Popen] = set()
+        self.lock = threading.Lock()
+        self.stopping = False
+
+    def started(self, proc: subprocess.Popen) -> None:
+        with self.lock:
+            self.procs.add(proc)
+            if self.stopping:
+                proc.send_signal(signal.SIGINT)
+
+    def ended(self, proc: subprocess.Popen) -> None:
+        with self.lock:
+            self.procs.discard(proc)
+
+    def stop(self, signum=None, frame=None) -> None:
+        with self.lock:
+            self.stopping = True
+            for proc in self.procs:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGINT)
+
+
+def run_grid(run_dirs: list[str | Path], workers: int = 1, gpus: list[int] | None = None,
+             blas_threads: int | None = None, progress: bool = True) -> GridResult:
+    """Train every run to its max_iter on `workers` CPU slots, or one slot per GPU in `gpus`."""
+    runs = [Run.load(d) for d in run_dirs]
+    slots = list(gpus) if gpus else [None] * workers
+    if not slots:
+        raise CaffeTransferError(f"no workers: expected --workers >= 1 or a GPU list (got {workers})")
+    after = dependencies(runs)
+    dependants = {r.dir: sum(1 for d in after.values() if d == r.dir) for r in runs}
+    pending = sorted(runs, key=lambda r: -dependants[r.dir])
+    result = GridResult()
+    total = sum(r.max_iter for r in runs)
+    bar = tqdm(total=total, unit="it", desc="grid", disable=not progress, dynamic_ncols=True, smoothing=0.02)
+    live = _Live()
+    saved = {}
+    if threading.current_thread() is threading.main_thread():
+        saved = {s: signal.signal(s, live.stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    free = list(slots)
+    running: dict[Future, tuple[Run, object]] = {}
+
+    def show() -> None:
+        done = result.count("finished", "already finished")
+        names = ", ".join(r.name for r, _ in running.values())
+        bar.set_postfix_str(f"runs {done}/{len(runs)} done; running {names or '-'}", refresh=True)
+
+    def launch(pool: ThreadPoolExecutor, run: Run) -> None:
+        slot = free.pop(0)
+        future = pool.submit(train, run.dir, gpu=slot, progress=False, threads=blas_threads,
+                             on_iteration=bar.update, on_start=live.started, on_end=live.ended)
+        running[future] = (run, slot)
+
+    try:
+        with ThreadPoolExecutor(max_workers=len(slots)) as pool:
+            while pending or running:
+                for run in list(pending):
+                    base = after[run.dir]
+                    if base in result.outcomes and result.outcomes[base].status not in ("finished", "already finished"):
+                        result.outcomes[run.dir] = Outcome(run.name, "held", error=f"its base {base.name} did not finish")
+                        pending.remove(run)
+                        bar.update(run.max_iter)
+                    elif free and not live.stopping and (base is None or base in result.outcomes):
+                        pending.remove(run)
+                        launch(pool, run)
+                if live.stopping and not running:
+                    break
+                show()
+                if not running:
+                    continue
+                finished, _ = wait(running, timeout=1.0, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    run, slot = running.pop(future)
+                    free.append(slot)
+                    result.outcomes[run.dir] = _outcome(run, future)
+        if live.stopping:
+            result.interrupted = True
+            for run in pending:
+                result.outcomes[run.dir] = Outcome(run.name, "not started")
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+        show()
+        bar.close()
+    return result
+
+
+def _outcome(run: Run, future: Future) -> Outcome:
+    try:
+        r = future.result()
+    except CaffeTransferError as e:
+        return Outcome(run.name, "failed", error=str(e))
+    return Outcome(run.name, r.status, r.seconds)
