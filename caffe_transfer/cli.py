@@ -89,6 +89,30 @@ def _parse_solver_override(values: tuple[str, ...]) -> dict:
     return out
 
 
+def _net_options(f):
+    """The options that decide a run folder's nets and solver (gen and plan)."""
+    for option in reversed([
+        click.option("--arch", default="caffenet", show_default=True, help="Architecture: caffenet or small."),
+        click.option("--data-root", default="data", show_default=True, type=click.Path(path_type=Path),
+                     help="Folder with one subfolder per dataset (half0A_train/lmdb, .../mean.binaryproto)."),
+        click.option("--backend", default="lmdb", show_default=True, help="Database backend: lmdb or leveldb."),
+        click.option("--fc8-outputs", help="fc8 width: a number, or 'classes' for the paper's N-way head "
+                     "(default: 1000 for caffenet, as in every released net; classes for small)."),
+        click.option("--cpu", is_flag=True, help="solver_mode CPU instead of GPU."),
+        click.option("--solver", "solver", multiple=True, metavar="KEY=VALUE",
+                     help="Override a solver value, e.g. --solver max_iter=1000 (repeatable)."),
+    ]):
+        f = option(f)
+    return f
+
+
+def _gen_options(arch, data_root, backend, fc8_outputs, cpu, solver, base_weights=None):
+    from .gen import GenOptions
+
+    return GenOptions(arch=arch, data_root=data_root, backend=backend, fc8_outputs=fc8_outputs,
+                      base_weights=base_weights, gpu=not cpu, solver=_parse_solver_override(solver))
+
+
 @cli.command()
 @click.option("--treatment", "-t", help="Paper notation (AnB, BnB+, baseA, random, ...) or an "
               "authors' folder name (transfer0A0B_1_3, half0A, nolearn_1_4, ...).")
@@ -97,26 +121,16 @@ def _parse_solver_override(values: tuple[str, ...]) -> dict:
               "under OUT, one folder each, named as the authors named them.")
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path),
               help="Run folder to write (with --all: the folder that holds the run folders).")
-@click.option("--arch", default="caffenet", show_default=True, help="Architecture: caffenet or small.")
-@click.option("--data-root", default="data", show_default=True, type=click.Path(path_type=Path),
-              help="Folder with one subfolder per dataset (half0A_train/lmdb, .../mean.binaryproto).")
-@click.option("--backend", default="lmdb", show_default=True, help="Database backend: lmdb or leveldb.")
-@click.option("--fc8-outputs", help="fc8 width: a number, or 'classes' for the paper's N-way head "
-              "(default: 1000 for caffenet, as in every released net; classes for small).")
+@_net_options
 @click.option("--base-weights", type=click.Path(path_type=Path),
               help="Base .caffemodel for a transfer (default: the base run's final snapshot beside OUT).")
-@click.option("--cpu", is_flag=True, help="solver_mode CPU instead of GPU.")
-@click.option("--solver", "solver", multiple=True, metavar="KEY=VALUE",
-              help="Override a solver value, e.g. --solver max_iter=1000 (repeatable).")
 @click.option("--force", is_flag=True, help="Overwrite run folders that already hold snapshots.")
 def gen(treatment, n, split, grid, out, arch, data_root, backend, fc8_outputs, base_weights, cpu,
         solver, force) -> None:
     """Write solver, train/val and deploy prototxts and treatment.json for a treatment."""
-    from .gen import GenOptions, write_runs
     from .treatments import authors_grid, parse
 
-    options = GenOptions(arch=arch, data_root=data_root, backend=backend, fc8_outputs=fc8_outputs,
-                         base_weights=base_weights, gpu=not cpu, solver=_parse_solver_override(solver))
+    options = _gen_options(arch, data_root, backend, fc8_outputs, cpu, solver, base_weights)
     if grid:
         if treatment or n is not None or split is not None:
             raise CaffeTransferError("--all writes the whole grid: drop --treatment/--n/--split")
@@ -125,6 +139,8 @@ def gen(treatment, n, split, grid, out, arch, data_root, backend, fc8_outputs, b
         runs = {out: parse(treatment, n=n, split=split)}
     else:
         raise CaffeTransferError("gen needs --treatment NAME (e.g. AnB --n 3 --split 0) or --all")
+    from .gen import write_runs
+
     written = write_runs(runs, options, force=force)
     if grid:
         click.echo(f"wrote {len(written)} run folders under {out}")
@@ -258,6 +274,136 @@ def train(run_dir, gpu, quiet) -> None:
         return
     click.echo(f"{name}: trained iterations {result.start}..{result.iteration} in {result.seconds:.0f} s; "
                f"final weights {result.run.final_model}; log {result.run.log}")
+
+
+def _report_grid(result, when: str = "") -> None:
+    """How many runs of a grid trained, what happened to the others; exit 130 when a signal
+    stopped it (run the command again to continue)."""
+    click.echo(f"{result.count('finished', 'already finished')}/{len(result.outcomes)} runs trained {when}".rstrip())
+    for outcome in result.outcomes.values():
+        if outcome.status not in ("finished", "already finished", "not started"):
+            click.echo(f"  {outcome.name}: {outcome.status} {outcome.error}".rstrip())
+    if result.interrupted:
+        click.echo("stopped; run the same command again to continue")
+        raise SystemExit(130)
+
+
+@cli.command()
+@click.option("--out", "-o", default="demo", show_default=True, type=click.Path(path_type=Path),
+              help="Folder for data, runs and report (run again to continue).")
+@click.option("--preset", default="standard", show_default=True, type=click.Choice(["quick", "standard"]),
+              help="standard: the grid in about 15 minutes on 2 cores; quick: a 2-minute smoke run.")
+@click.option("--workers", type=int, help="Runs trained at once (default: one per core).")
+def demo(out, preset, workers) -> None:
+    """The scaled-down reproduction on Fashion-MNIST, CPU only: data, grid, training, report.
+
+    Bases, BnB, BnB+, AnB, AnB+ for n = 1..7 (standard also: a dissimilar split and the
+    random-frozen nets), then Figure 2, Table 1 and findings.md in OUT/report."""
+    from .demo import run_demo
+
+    result = run_demo(out, preset, workers=workers)
+    _report_grid(result.grid, f"in {result.seconds / 60:.1f} min")
+    click.echo((result.report / "findings.md").read_text(), nl=False)
+    click.echo(f"report: {result.report}/ (figure2.png, table1.csv, findings.md, report.txt)")
+    if not result.grid.complete:
+        raise SystemExit(1)
+
+
+def _csv_list(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+@cli.command()
+@click.option("--experiments", default="all", show_default=True,
+              help="Comma-separated: random, natman, nolearn, reduced, netbase, or all.")
+@click.option("--splits", default="0,1,2,3", show_default=True, help="Random splits of the random experiment.")
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Plan folder (one run folder per net).")
+@_net_options
+@click.option("--iter-seconds", type=float, help="Seconds per iteration, for the cost estimate.")
+@click.option("--gpus", "gpu_count", default=1, show_default=True, help="GPUs for the wall-clock estimate.")
+@click.option("--scheduler", type=click.Choice(["none", "slurm"]), default="none", show_default=True,
+              help="slurm: also write job arrays and submit.sh under OUT/slurm.")
+@click.option("--cpus-per-task", default=1, show_default=True, help="SLURM: CPUs per run (OpenBLAS threads).")
+@click.option("--grace", default=120, show_default=True,
+              help="SLURM: seconds before the time limit at which a run snapshots and requeues.")
+@click.option("--sbatch-arg", "sbatch_args", multiple=True, metavar="ARG",
+              help="SLURM: an extra #SBATCH line, e.g. --sbatch-arg=--partition=gpu (repeatable).")
+@click.option("--force", is_flag=True, help="Overwrite run folders that already hold snapshots.")
+def plan(experiments, splits, out, arch, data_root, backend, fc8_outputs, cpu, solver, iter_seconds, gpu_count,
+         scheduler, cpus_per_task, grace, sbatch_args, force) -> None:
+    """Write the run folders of (part of) the grid and plan.json, the dependency graph.
+
+    Prints the number of runs, the critical path and, with --iter-seconds, GPU-hours and
+    wall-clock time on --gpus GPUs."""
+    from . import plan as plan_mod
+
+    treatments = plan_mod.select(_csv_list(experiments), _csv_list(splits))
+    options = _gen_options(arch, data_root, backend, fc8_outputs, cpu, solver)
+    path = plan_mod.write_plan(out, treatments, options, force=force)
+    runs = plan_mod.read_plan(out)
+    bases = sum(1 for r in runs if any(o.base == r.name for o in runs))
+    click.echo(f"wrote {len(runs)} run folders and {path}: {bases} bases with dependants, "
+               f"{sum(1 for r in runs if r.base)} transfers, {sum(r.max_iter for r in runs):,} iterations in all")
+    click.echo(f"critical path: {' -> '.join(plan_mod.critical_path(runs))}")
+    if scheduler == "slurm":
+        from .slurm import write_slurm
+
+        submit = write_slurm(out, runs, gpu=not cpu, cpus=cpus_per_task, grace=grace, sbatch_args=sbatch_args)
+        click.echo(f"wrote SLURM job arrays; submit them with {submit}")
+    if iter_seconds:
+        e = plan_mod.estimate(runs, iter_seconds, gpu_count)
+        click.echo(f"at {iter_seconds} s/iteration: {e['gpu_hours']:,.0f} GPU-hours ({e['gpu_hours'] / 24:,.1f} GPU-days); "
+                   f"on {gpu_count} GPU(s) {e['wall_hours']:,.0f} h wall-clock "
+                   f"(critical path {e['critical_path_hours']:,.0f} h)")
+
+
+@cli.command("run-all")
+@click.argument("plan_dir", type=click.Path(path_type=Path))
+@click.option("--gpus", help="Comma-separated GPU ids, one run per GPU, e.g. 0,1,2,3.")
+@click.option("--cpu-workers", type=int, help="Runs at once on the CPU instead (default: 1).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def run_all(plan_dir, gpus, cpu_workers, quiet) -> None:
+    """Train every run of a plan: bases before their transfers, one run per device.
+
+    Finished runs are skipped and stopped ones resume; a failed run holds back only its
+    dependants. Ctrl-C or SIGTERM makes every running Caffe snapshot before it stops."""
+    import os
+
+    from .plan import read_plan
+    from .scheduler import run_grid
+
+    if gpus and cpu_workers:
+        raise CaffeTransferError("give --gpus or --cpu-workers, not both")
+    try:
+        gpu_ids = [int(g) for g in _csv_list(gpus)] if gpus else None
+    except ValueError:
+        raise CaffeTransferError(f"--gpus {gpus!r}: expected comma-separated GPU ids, e.g. 0,1") from None
+    workers = cpu_workers or 1
+    runs = [Path(plan_dir) / r.name for r in read_plan(plan_dir)]
+    result = run_grid(runs, workers=workers, gpus=gpu_ids, progress=not quiet,
+                      blas_threads=None if gpu_ids else max(1, (os.cpu_count() or 1) // workers))
+    _report_grid(result)
+    if not result.complete:
+        raise SystemExit(1)
+
+
+@cli.command()
+@click.argument("plan_dir", type=click.Path(path_type=Path))
+def status(plan_dir) -> None:
+    """Show each run of a plan: waiting, ready, running, stopped, failed or done (with score)."""
+    from collections import Counter
+
+    from .plan import states
+
+    rows = states(plan_dir)
+    click.echo(f"{'run':24} {'state':8} {'iteration':>17} {'val acc':>8} {'score':>7}  detail")
+    for r in rows:
+        it = f"{r['iteration'] or 0}/{r['max_iter']}"
+        acc = f"{r['accuracy']:.4f}" if r["accuracy"] is not None else "-"
+        score = f"{r['score']:.4f}" if r["score"] is not None else "-"
+        click.echo(f"{r['name']:24} {r['state']:8} {it:>17} {acc:>8} {score:>7}  {r['detail'][:120]}")
+    counts = Counter(r["state"] for r in rows)
+    click.echo(", ".join(f"{n} {state}" for state, n in sorted(counts.items())))
 
 
 @cli.command("parse-log")

@@ -66,3 +66,19 @@ def make_data_root(root: Path, datasets: set[str], size: int, count: int, classe
         (root / name / "lmdb").symlink_to(store / "lmdb")
         (root / name / "mean.binaryproto").symlink_to(store / "mean.binaryproto")
     return root
+
+
+def natman_plan(tmp_path: Path, pb2, *options: str) -> Path:
+    """`caffe-transfer plan` of the natural/man-made experiment (2 bases, 14 transfers) for the
+    small net on tiny random-image data, CPU; `options` are added to the command line."""
+    from click.testing import CliRunner
+
+    from caffe_transfer.cli import cli
+
+    data = make_data_root(tmp_path / "data", {f"halfnatman{h}_{s}" for h in "AB" for s in ("train", "valid")},
+                          32, 40, 3, pb2)
+    out = tmp_path / "plan"
+    result = CliRunner().invoke(cli, ["plan", "--experiments", "natman", "--out", str(out), "--arch", "small",
+                                      "--data-root", str(data), "--fc8-outputs", "3", "--cpu", *options])
+    assert result.exit_code == 0, result.output
+    return out

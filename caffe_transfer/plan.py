@@ -1,0 +1,165 @@
+"""A plan: the run folders of a chosen part of the grid, their dependency graph and its cost.
+
+Each transfer run depends on exactly one base run (the base's final snapshot is the hand-off);
+bases, the random-frozen nets, the full net and the reduced nets depend on nothing. `plan.json`
+in the plan folder lists the runs with their base; `run-all`, `status` and the SLURM scripts read
+it. The estimate simulates the same greedy order `run-all` uses (most-depended-on first, one run
+per GPU) with a fixed time per iteration.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import __version__
+from .atomic import write_atomic
+from .errors import CaffeTransferError
+from .gen import GenOptions, write_runs
+from .solvers import solver_values
+from .splits import SPLIT_IDS
+from .treatments import Kind, Treatment, authors_grid, parse
+
+PLAN = "plan.json"
+EXPERIMENTS = ("random", "natman", "nolearn", "reduced", "netbase")
+
+
+def experiment(t: Treatment) -> str:
+    """Which of the authors' experiments a net belongs to."""
+    if t.kind in (Kind.BASE, Kind.TRANSFER):
+        return "natman" if t.split == "natman" else "random"
+    return {Kind.RANDOM: "nolearn", Kind.REDUCED: "reduced", Kind.FULL: "netbase"}[t.kind]
+
+
+def select(experiments: list[str] | None = None, splits: list[str] | None = None) -> list[Treatment]:
+    """The authors' nets of the chosen experiments (default all) and random splits (default 0..3)."""
+    experiments = list(EXPERIMENTS) if not experiments or experiments == ["all"] else experiments
+    bad = [e for e in experiments if e not in EXPERIMENTS]
+    if bad:
+        raise CaffeTransferError(f"unknown experiment {bad[0]!r}: expected all or some of {', '.join(EXPERIMENTS)}")
+    splits = splits or [s for s in SPLIT_IDS if s != "natman"]
+    bad = [s for s in splits if s not in SPLIT_IDS or s == "natman"]
+    if bad:
+        raise CaffeTransferError(f"unknown split {bad[0]!r}: expected some of 0, 1, 2, 3")
+    return [t for t in authors_grid() if experiment(t) in experiments
+            and (experiment(t) != "random" or t.split in splits)]
+
+
+@dataclass(frozen=True)
+class PlanRun:
+    name: str
+    base: str | None
+    max_iter: int
+
+
+def plan_runs(treatments: list[Treatment], solver: dict | None = None) -> list[PlanRun]:
+    names = {t.name for t in treatments}
+    runs = []
+    for t in treatments:
+        base = t.base.name if t.base else None
+        if base and base not in names:
+            raise CaffeTransferError(f"{t.name} needs its base {base}, which is not in the plan")
+        runs.append(PlanRun(t.name, base, solver_values(t.schedule, solver)["max_iter"]))
+    return runs
+
+
+def priority_order(runs: list[PlanRun]) -> list[PlanRun]:
+    """Most-depended-on first (the least slack): bases before everything that waits for them."""
+    dependants = {r.name: 0 for r in runs}
+    for r in runs:
+        if r.base:
+            dependants[r.base] += 1
+    return sorted(runs, key=lambda r: -dependants[r.name])
+
+
+def critical_path(runs: list[PlanRun]) -> list[str]:
+    """The longest chain of runs, in iterations (a base and its longest transfer)."""
+    by_name = {r.name: r for r in runs}
+    longest = max(runs, key=lambda r: r.max_iter + (by_name[r.base].max_iter if r.base else 0))
+    return [longest.base, longest.name] if longest.base else [longest.name]
+
+
+def estimate(runs: list[PlanRun], iter_seconds: float, devices: int) -> dict:
+    """GPU-hours and wall-clock hours on `devices` GPUs at `iter_seconds` per iteration."""
+    if iter_seconds <= 0 or devices < 1:
+        raise CaffeTransferError(f"estimate needs --iter-seconds > 0 and --gpus >= 1 (got {iter_seconds}, {devices})")
+    done: dict[str, float] = {}
+    pending = priority_order(runs)
+    free = [0.0] * devices
+    heapq.heapify(free)
+    while pending:
+        now = heapq.heappop(free)
+        ready = [r for r in pending if r.base is None or (r.base in done and done[r.base] <= now)]
+        if not ready:  # wait for the earliest base to finish
+            now = min(done[r.base] for r in pending if r.base in done and done[r.base] > now)
+            heapq.heappush(free, now)
+            continue
+        run = ready[0]
+        pending.remove(run)
+        done[run.name] = now + run.max_iter * iter_seconds
+        heapq.heappush(free, done[run.name])
+    gpu_seconds = sum(r.max_iter for r in runs) * iter_seconds
+    return {"iter_seconds": iter_seconds, "gpus": devices, "gpu_hours": gpu_seconds / 3600,
+            "wall_hours": max(done.values()) / 3600,
+            "critical_path_hours": sum(next(r.max_iter for r in runs if r.name == n)
+                                       for n in critical_path(runs)) * iter_seconds / 3600}
+
+
+def write_plan(out: str | Path, treatments: list[Treatment], options: GenOptions, force: bool = False) -> Path:
+    """Run folders for `treatments` under `out` (as `gen` writes them) and `out/plan.json`."""
+    out = Path(out)
+    runs = plan_runs(treatments, options.solver)
+    write_runs({out / t.name: t for t in treatments}, options, force=force)
+    plan = {"generator": f"caffe-transfer {__version__}",
+            "runs": [{"name": r.name, "base": r.base, "max_iter": r.max_iter} for r in runs],
+            "critical_path": critical_path(runs)}
+    write_atomic(out / PLAN, json.dumps(plan, indent=2) + "\n")
+    return out / PLAN
+
+
+def read_plan(plan_dir: str | Path) -> list[PlanRun]:
+    path = Path(plan_dir) / PLAN
+    if not path.is_file():
+        raise CaffeTransferError(f"{plan_dir} has no {PLAN}: write one with caffe-transfer plan --out {plan_dir}")
+    try:
+        runs = [PlanRun(r["name"], r["base"], int(r["max_iter"])) for r in json.loads(path.read_text())["runs"]]
+    except (ValueError, KeyError, TypeError) as e:
+        raise CaffeTransferError(f"{path}: not a plan written by caffe-transfer plan ({e})") from None
+    for r in runs:
+        parse(r.name)
+    return runs
+
+
+def states(plan_dir: str | Path) -> list[dict]:
+    """Each run of a plan with its state: done (score), running (iteration, latest accuracy),
+    failed (the error), stopped (resumable), waiting (for its base) or ready."""
+    from . import logs
+    from .runs import Run
+
+    plan_dir = Path(plan_dir)
+    runs = read_plan(plan_dir)
+    finished = {r.name: Run.load(plan_dir / r.name).finished for r in runs}
+    rows = []
+    for r in runs:
+        run = Run.load(plan_dir / r.name)
+        tables = logs.read_run(run.dir, train=False) if run.log.is_file() else logs.LogTables()
+        acc = tables.accuracies()
+        row = {"name": r.name, "base": r.base, "max_iter": r.max_iter, "iteration": tables.last_iteration,
+               "accuracy": acc[-1] if acc else None, "score": None, "detail": ""}
+        status = run.status()
+        if finished[r.name]:
+            row.update(state="done", score=logs.score(acc))
+        elif status.get("state") == "running":
+            row.update(state="running", detail=f"pid {status.get('pid')} on {status.get('host')}")
+        elif status.get("state") == "failed":
+            row.update(state="failed", detail=status.get("error", ""))
+        elif r.base and not finished[r.base]:
+            row.update(state="waiting", detail=f"for {r.base}")
+        elif run.states():
+            row.update(state="stopped", detail="resumes from its snapshot")
+        else:
+            row.update(state="ready")
+        rows.append(row)
+    return rows

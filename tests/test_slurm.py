@@ -1,0 +1,83 @@
+"""The SLURM scripts against a real one-node SLURM cluster on localhost (Debian's slurmctld,
+slurmd and munge, started by tools/slurm_local.sh): dependency order, logs, snapshots, and a job
+cancelled with a signal that snapshots, requeues and resumes."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+
+import pytest
+
+from caffe_transfer import logs
+from caffe_transfer.plan import read_plan
+from caffe_transfer.runs import Run
+from caffe_transfer.train import HEADER
+
+from .conftest import REPO, natman_plan
+
+LOCAL = REPO / "tools" / "slurm_local.sh"
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster(tmp_path_factory):
+    """A one-node cluster of its own (own config and ports; /etc/slurm is not touched)."""
+    if os.geteuid() != 0:
+        pytest.skip("starting a SLURM cluster needs root (CI runs as root)")
+    state = tmp_path_factory.mktemp("slurm")
+    env = {**os.environ, "SLURM_LOCAL": str(state)}
+    proc = subprocess.run(["bash", str(LOCAL)], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    saved = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(state / "slurm.conf")  # for sbatch, squeue, scancel and the jobs
+    yield
+    subprocess.run(["scancel", "--user", "root"], capture_output=True)
+    subprocess.run(["bash", str(LOCAL), "stop"], capture_output=True, env=env)
+    if saved is None:
+        del os.environ["SLURM_CONF"]
+    else:
+        os.environ["SLURM_CONF"] = saved
+
+
+def _wait(condition, what: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            queue = subprocess.run(["squeue"], capture_output=True, text=True).stdout
+            raise AssertionError(f"timed out waiting for {what}\n{queue}")
+        time.sleep(0.2)
+
+
+def test_plan_runs_on_slurm_in_dependency_order_and_a_cancelled_job_resumes(slurm_cluster, tmp_path, pb2):
+    out = natman_plan(tmp_path, pb2, "--scheduler", "slurm", "--solver", "max_iter=60", "--solver", "snapshot=20",
+                      "--solver", "test_interval=20", "--solver", "test_iter=1", "--solver", "display=5")
+    submit = subprocess.run(["bash", str(out / "slurm" / "submit.sh")], capture_output=True, text=True)
+    assert submit.returncode == 0, submit.stdout + submit.stderr
+    first = re.search(r"job array (\d+)", submit.stdout)[1]
+    assert submit.stdout.count("transfers from") == 2 and f"(after task {first}_0)" in submit.stdout
+
+    base = Run.load(out / "halfnatmanA")
+    _wait(lambda: base.log.is_file() and "Iteration 25," in base.log.read_text(), "halfnatmanA at iteration 25")
+    cancel = subprocess.run(["scancel", "--signal=TERM", "--batch", f"{first}_0"], capture_output=True, text=True)
+    assert cancel.returncode == 0, cancel.stderr
+
+    runs = read_plan(out)
+    _wait(lambda: all(Run.load(out / r.name).finished for r in runs), "every run to finish")
+    _wait(lambda: not subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout.strip(),
+          "an empty queue", timeout=60)
+
+    sessions = [line for line in base.log.read_text().splitlines() if line.startswith(HEADER)]
+    assert len(sessions) == 2 and "resuming from halfnatmanA_iter_" in sessions[1], sessions
+    stopped_at = int(re.search(r"_iter_(\d+)\.solverstate", sessions[1])[1])
+    assert 25 <= stopped_at < 60  # the snapshot the signal asked for (or a periodic one just before)
+    task_log = "".join(p.read_text() for p in (out / "slurm" / "logs").glob("ct-first_0_*.out"))
+    assert "stopped with a snapshot: requeueing" in task_log and "(restart 1)" in task_log
+
+    for entry in runs:
+        run = Run.load(out / entry.name)
+        assert logs.parse_file(run.log).test[-1]["NumIters"] == 60
+        assert list((out / "slurm" / "logs").glob(f"ct-{entry.base or 'first'}_*.out"))
+        if entry.base:  # started only after its own base had finished
+            assert run.init_weights.stat().st_mtime_ns >= Run.load(out / entry.base).final_model.stat().st_mtime_ns
