@@ -18,7 +18,7 @@ from PIL import Image
 
 from caffe_transfer import caffe_env, splits
 from caffe_transfer.cli import cli
-from caffe_transfer.lmdb_builder import BuildOptions, build, order, read_mean
+from caffe_transfer.lmdb_builder import BuildOptions, build, datum_parts, load_image, order, read_mean
 
 HALF0A_VALID_MD5 = "2f10009e20d77eb7007cf70674958b94"  # published by the authors
 
@@ -158,6 +158,29 @@ def test_mean_matches_compute_image_mean(tmp_path):
     caffe_env.run_tool("compute_image_mean", "--backend=lmdb", result.lmdb, theirs)
     np.testing.assert_allclose(read_mean(result.mean), read_mean(theirs), rtol=1e-6, atol=1e-4)
     assert read_mean(result.mean).shape == (3, 32, 32)
+
+
+def test_raw_datums_from_shared_memory_are_caffe_pb2s_own_bytes(tmp_path, pb2):
+    """Raw Datums of a fixed size are serialized by hand into shared memory: the bytes must be
+    exactly what caffe_pb2 writes, with the pixels of the resized image."""
+    images = tmp_path / "img"
+    list_file = _jpegs(images, 40, (50, 37))
+    result = build(list_file, images, tmp_path / "db", BuildOptions(resize=32), progress=False)
+    entries = dict(splits.read_list(list_file))
+    stored = _contents(result.lmdb)
+    assert len(stored) == 40
+    for key, value in stored.items():
+        rel = key.decode().split("_", 1)[1]
+        datum = pb2.Datum()
+        datum.ParseFromString(value)
+        assert datum.SerializeToString() == value
+        assert (datum.channels, datum.height, datum.width, datum.label) == (3, 32, 32, entries[rel])
+        expected = load_image(images / rel, 32).transpose(2, 0, 1)
+        assert np.frombuffer(datum.data, dtype=np.uint8).tobytes() == expected.tobytes()
+    for c, h, w, label in ((1, 28, 28, 0), (3, 256, 256, 999), (3, 1, 70000, 2 ** 31 - 1)):
+        head, tail = datum_parts(c, h, w, label)
+        data = bytes(c * h * w)
+        assert head + data + tail == pb2.Datum(channels=c, height=h, width=w, data=data, label=label).SerializeToString()
 
 
 def _contents(path: Path) -> dict[bytes, bytes]:
