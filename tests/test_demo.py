@@ -67,7 +67,9 @@ def test_every_run_trained_and_every_transfer_came_from_its_base(quick_demo):
     for run in runs:
         assert run.finished, run.name
         tables = logs.read_run(run.dir)
-        assert tables.accuracies() and tables.test[-1]["NumIters"] == run.max_iter
+        # (a run the interrupt reached during Caffe's extra test pass after max_iter has
+        # finished training without that last evaluation)
+        assert tables.accuracies() and tables.last_iteration == run.max_iter
         if run.treatment.kind is not Kind.TRANSFER:
             continue
         record = json.loads((run.dir / "transplant.json").read_text())
