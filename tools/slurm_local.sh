@@ -10,9 +10,10 @@
 set -euo pipefail
 STATE=${SLURM_LOCAL:-/tmp/caffe-transfer-slurm}
 CONF=$STATE/slurm.conf
+MUNGED_PID=/run/munge/caffe-transfer-munged.pid  # only a munged this script started
 
 stop() {
-  for pidfile in "$STATE/slurmd.pid" "$STATE/slurmctld.pid" "$STATE/munge/munged.pid"; do
+  for pidfile in "$STATE/slurmd.pid" "$STATE/slurmctld.pid" "$MUNGED_PID"; do
     if [ -f "$pidfile" ]; then
       kill "$(cat "$pidfile")" 2>/dev/null || true
       rm -f "$pidfile"
@@ -73,9 +74,8 @@ if ! pgrep -x munged >/dev/null; then
   [ -s /etc/munge/munge.key ] || dd if=/dev/urandom of=/etc/munge/munge.key bs=1024 count=1 2>/dev/null
   chown -R munge:munge /etc/munge /run/munge /var/log/munge /var/lib/munge
   chmod 0400 /etc/munge/munge.key
-  mkdir -p "$STATE/munge"
-  chown munge:munge "$STATE/munge"
-  runuser -u munge -- /usr/sbin/munged --pid-file="$STATE/munge/munged.pid"
+  # munged runs as munge, which may not reach $STATE: its pid file goes to its own /run/munge.
+  runuser -u munge -- /usr/sbin/munged --pid-file="$MUNGED_PID"
 fi
 pgrep -f "slurmctld -f $CONF" >/dev/null || slurmctld -f "$CONF" -i
 pgrep -f "slurmd -f $CONF" >/dev/null || slurmd -f "$CONF"
