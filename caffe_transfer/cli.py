@@ -279,9 +279,11 @@ def train(run_dir, gpu, quiet) -> None:
 def _report_grid(result, when: str = "") -> None:
     """How many runs of a grid trained, what happened to the others; exit 130 when a signal
     stopped it (run the command again to continue)."""
-    click.echo(f"{result.count('finished', 'already finished')}/{len(result.outcomes)} runs trained {when}".rstrip())
+    from .scheduler import DONE
+
+    click.echo(f"{result.trained}/{len(result.outcomes)} runs trained {when}".rstrip())
     for outcome in result.outcomes.values():
-        if outcome.status not in ("finished", "already finished", "not started"):
+        if outcome.status not in (*DONE, "not started"):
             click.echo(f"  {outcome.name}: {outcome.status} {outcome.error}".rstrip())
     if result.interrupted:
         click.echo("stopped; run the same command again to continue")
@@ -367,8 +369,6 @@ def run_all(plan_dir, gpus, cpu_workers, quiet) -> None:
 
     Finished runs are skipped and stopped ones resume; a failed run holds back only its
     dependants. Ctrl-C or SIGTERM makes every running Caffe snapshot before it stops."""
-    import os
-
     from .plan import read_plan
     from .scheduler import run_grid
 
@@ -380,8 +380,7 @@ def run_all(plan_dir, gpus, cpu_workers, quiet) -> None:
         raise CaffeTransferError(f"--gpus {gpus!r}: expected comma-separated GPU ids, e.g. 0,1") from None
     workers = cpu_workers or 1
     runs = [Path(plan_dir) / r.name for r in read_plan(plan_dir)]
-    result = run_grid(runs, workers=workers, gpus=gpu_ids, progress=not quiet,
-                      blas_threads=None if gpu_ids else max(1, (os.cpu_count() or 1) // workers))
+    result = run_grid(runs, workers=workers, gpus=gpu_ids, progress=not quiet)
     _report_grid(result)
     if not result.complete:
         raise SystemExit(1)

@@ -185,9 +185,7 @@ def run_demo(out: str | Path, preset_name: str = "standard", workers: int | None
     _state(out, preset)
     data = prepare_data(out, preset, progress)
     run_dirs = write_grid(out, data, preset)
-    workers = workers or os.cpu_count() or 1
-    result = run_grid(run_dirs, workers=workers, blas_threads=max(1, (os.cpu_count() or 1) // workers),
-                      progress=progress)
+    result = run_grid(run_dirs, workers=workers or os.cpu_count() or 1, progress=progress)
     report = out / "report"
     if not result.interrupted:
         from .findings import write_findings

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import heapq
 import json
+from collections import Counter
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
+from typing import Callable, Hashable, TypeVar
 
 from . import __version__
 from .atomic import write_atomic
@@ -22,6 +25,7 @@ from .solvers import solver_values
 from .splits import SPLIT_IDS
 from .treatments import Kind, Treatment, authors_grid, parse
 
+T = TypeVar("T")
 PLAN = "plan.json"
 EXPERIMENTS = ("random", "natman", "nolearn", "reduced", "netbase")
 
@@ -65,13 +69,13 @@ def plan_runs(treatments: list[Treatment], solver: dict | None = None) -> list[P
     return runs
 
 
-def priority_order(runs: list[PlanRun]) -> list[PlanRun]:
-    """Most-depended-on first (the least slack): bases before everything that waits for them."""
-    dependants = {r.name: 0 for r in runs}
-    for r in runs:
-        if r.base:
-            dependants[r.base] += 1
-    return sorted(runs, key=lambda r: -dependants[r.name])
+def priority_order(runs: list[T], name: Callable[[T], Hashable] = attrgetter("name"),
+                   base: Callable[[T], Hashable | None] = attrgetter("base")) -> list[T]:
+    """Most-depended-on first (the least slack): bases before everything that waits for them.
+    The one rule for run-all, the estimate and the SLURM arrays; `name` and `base` say how to
+    read a run and its base from whatever the caller holds."""
+    dependants = Counter(base(r) for r in runs)
+    return sorted(runs, key=lambda r: -dependants[name(r)])
 
 
 def critical_path(runs: list[PlanRun]) -> list[str]:
@@ -140,10 +144,11 @@ def states(plan_dir: str | Path) -> list[dict]:
 
     plan_dir = Path(plan_dir)
     runs = read_plan(plan_dir)
-    finished = {r.name: Run.load(plan_dir / r.name).finished for r in runs}
+    loaded = {r.name: Run.load(plan_dir / r.name) for r in runs}
+    finished = {name: run.finished for name, run in loaded.items()}
     rows = []
     for r in runs:
-        run = Run.load(plan_dir / r.name)
+        run = loaded[r.name]
         tables = logs.read_run(run.dir, train=False) if run.log.is_file() else logs.LogTables()
         acc = tables.accuracies()
         row = {"name": r.name, "base": r.base, "max_iter": r.max_iter, "iteration": tables.last_iteration,

@@ -9,18 +9,24 @@ on. One progress bar covers the whole set: runs done, the runs in progress, time
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 
 from tqdm import tqdm
 
 from .errors import CaffeTransferError
+from .plan import priority_order
 from .runs import Run
 from .train import train
+
+
+DONE = ("finished", "already finished")
 
 
 @dataclass
@@ -41,8 +47,12 @@ class GridResult:
         return sum(o.status in statuses for o in self.outcomes.values())
 
     @property
+    def trained(self) -> int:
+        return self.count(*DONE)
+
+    @property
     def complete(self) -> bool:
-        return self.count("finished", "already finished") == len(self.outcomes)
+        return self.trained == len(self.outcomes)
 
 
 def dependencies(runs: list[Run]) -> dict[Path, Path | None]:
@@ -79,14 +89,17 @@ class _Live:
 
 def run_grid(run_dirs: list[str | Path], workers: int = 1, gpus: list[int] | None = None,
              blas_threads: int | None = None, progress: bool = True) -> GridResult:
-    """Train every run to its max_iter on `workers` CPU slots, or one slot per GPU in `gpus`."""
+    """Train every run to its max_iter on `workers` CPU slots, or one slot per GPU in `gpus`.
+
+    On CPU slots each Caffe gets cores/workers OpenBLAS threads unless `blas_threads` says."""
     runs = [Run.load(d) for d in run_dirs]
     slots = list(gpus) if gpus else [None] * workers
     if not slots:
         raise CaffeTransferError(f"no workers: expected --workers >= 1 or a GPU list (got {workers})")
+    if blas_threads is None and not gpus:
+        blas_threads = max(1, (os.cpu_count() or 1) // workers)
     after = dependencies(runs)
-    dependants = {r.dir: sum(1 for d in after.values() if d == r.dir) for r in runs}
-    pending = sorted(runs, key=lambda r: -dependants[r.dir])
+    pending = priority_order(runs, name=attrgetter("dir"), base=lambda r: after[r.dir])
     result = GridResult()
     total = sum(r.max_iter for r in runs)
     bar = tqdm(total=total, unit="it", desc="grid", disable=not progress, dynamic_ncols=True, smoothing=0.02)
@@ -98,7 +111,7 @@ def run_grid(run_dirs: list[str | Path], workers: int = 1, gpus: list[int] | Non
     running: dict[Future, tuple[Run, object]] = {}
 
     def show() -> None:
-        done = result.count("finished", "already finished")
+        done = result.trained
         names = ", ".join(r.name for r, _ in running.values())
         bar.set_postfix_str(f"runs {done}/{len(runs)} done; running {names or '-'}", refresh=True)
 
@@ -113,7 +126,7 @@ def run_grid(run_dirs: list[str | Path], workers: int = 1, gpus: list[int] | Non
             while pending or running:
                 for run in list(pending):
                     base = after[run.dir]
-                    if base in result.outcomes and result.outcomes[base].status not in ("finished", "already finished"):
+                    if base in result.outcomes and result.outcomes[base].status not in DONE:
                         result.outcomes[run.dir] = Outcome(run.name, "held", error=f"its base {base.name} did not finish")
                         pending.remove(run)
                         bar.update(run.max_iter)

@@ -33,12 +33,19 @@ DEPLOY = "deploy.prototxt"
 def read_caffemodel(path: str | Path) -> dict[str, list[np.ndarray]]:
     """The blobs of every layer of a .caffemodel (today's `layer` or the 2014 `layers` field),
     as float32 arrays in the shape the file gives (2014 files give 4-D legacy shapes)."""
-    path = Path(path)
+    return _parse_caffemodel(_read_weights(Path(path)), Path(path))
+
+
+def _read_weights(path: Path) -> bytes:
     if not path.is_file():
         raise CaffeTransferError(f"base weights {path} do not exist")
+    return path.read_bytes()
+
+
+def _parse_caffemodel(data: bytes, path: Path) -> dict[str, list[np.ndarray]]:
     net = caffe_pb2().NetParameter()
     try:
-        net.ParseFromString(path.read_bytes())
+        net.ParseFromString(data)
     except DecodeError:
         raise CaffeTransferError(f"{path} is not a .caffemodel (not a serialized NetParameter)") from None
     layers = {layer.name: list(layer.blobs) for layer in [*net.layer, *net.layers] if layer.blobs}
@@ -98,7 +105,8 @@ def transplant(run_dir: str | Path, base: str | Path | None = None, out: str | P
     if t.kind is Kind.RANDOM and base is not None:
         raise CaffeTransferError(f"{run.name} (random) freezes its own filler init: it takes no --base")
     base_path = (Path(base) if base else run.base_weights()) if t.kind is Kind.TRANSFER else None
-    base_blobs = read_caffemodel(base_path) if base_path else {}
+    raw = _read_weights(base_path) if base_path else b""  # read once: parsed and hashed
+    base_blobs = _parse_caffemodel(raw, base_path) if base_path else {}
     out = Path(out) if out else run.init_weights
     seed = default_seed(run) if seed is None else seed
 
@@ -124,7 +132,7 @@ def transplant(run_dir: str | Path, base: str | Path | None = None, out: str | P
         "init": str(out), "seed": seed, "seed_note": "caffe.set_random_seed before building the "
         "deploy net: the filler values of every layer not copied",
         "base": str(base_path) if base_path else None,
-        "base_sha256": hashlib.sha256(base_path.read_bytes()).hexdigest() if base_path else None,
+        "base_sha256": hashlib.sha256(raw).hexdigest() if base_path else None,
         "layers": layers,
     }
     record_path = run.dir / RECORD
