@@ -28,7 +28,9 @@ import mmap
 import multiprocessing
 import os
 import shutil
+import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,8 +46,11 @@ from .splits import read_list
 DEFAULT_SIZE = 256
 DEFAULT_SEED = 0
 BATCH = 256  # images per LMDB transaction (and per progress record)
-CHUNK = 32   # images per worker task
+CHUNK = 16   # images per worker task
+SUM_DTYPE = np.uint16  # a chunk's pixel sum: at most CHUNK x 255 < 2**16
+IN_SLOT = "in slot"  # a chunk's result whose pixel sum is in its shared-memory slot
 STATE_DB = b"caffe-transfer-progress"
+INITIAL_MAP_SIZE = 1 << 30  # grown, by doubling, between transactions
 JPEG_QUALITY = 95  # what OpenCV's imencode (convert_imageset --encoded) uses
 
 
@@ -86,13 +91,16 @@ def _init_worker(root: Path, options: BuildOptions, slots: _Slots | None) -> Non
 
 
 class _Slots:
-    """Shared memory for raw Datums of a fixed size: a worker serializes a chunk's Datums into
-    one slot and the parent puts them into the LMDB from there, so the 196 KB of pixels of a
-    256x256 image never go through a pipe. Mapped before the workers fork, so all share it."""
+    """Shared memory for raw Datums of a fixed size: a worker serializes a chunk's Datums, and
+    the chunk's pixel sum, into one slot and the parent puts them into the LMDB from there, so the
+    196 KB of pixels of a 256x256 image never go through a pipe. Mapped before the workers fork,
+    so all share it."""
 
-    def __init__(self, count: int, record: int):
-        self.count, self.record = count, record
-        self.size = CHUNK * record
+    def __init__(self, count: int, shape: tuple[int, int, int]):
+        self.count, self.shape = count, shape
+        self.record = _HEADER_MAX + int(np.prod(shape))
+        self.sum_offset = CHUNK * self.record
+        self.size = self.sum_offset + int(np.prod(shape)) * np.dtype(SUM_DTYPE).itemsize
         self.mem = mmap.mmap(-1, count * self.size)
 
     @classmethod
@@ -100,13 +108,17 @@ class _Slots:
         if options.encoded or not options.resize:
             return None  # sizes vary: pickled bytes instead
         channels = 1 if options.gray else 3
-        # a batch's chunks wait for their commit while every worker converts one more
-        count = BATCH // CHUNK + 2 * workers
-        return cls(count, _HEADER_MAX + channels * options.resize ** 2)
+        # a slot is free again once its chunk is put: each worker has one chunk in hand and one
+        # queued, and one more waits to be put
+        return cls(2 * workers + 1, (channels, options.resize, options.resize))
 
     def view(self, slot: int, offset: int, length: int) -> memoryview:
         start = slot * self.size + offset
         return memoryview(self.mem)[start:start + length]
+
+    def sum_view(self, slot: int) -> np.ndarray:
+        return np.frombuffer(self.mem, SUM_DTYPE, int(np.prod(self.shape)),
+                             slot * self.size + self.sum_offset).reshape(self.shape)
 
 
 _HEADER_MAX = 32  # bytes of a raw Datum besides its pixels: 5 fields, varints of at most 5 bytes
@@ -191,8 +203,9 @@ def _convert_chunk(chunk: list[tuple[int, str, int]], slot: int):
     """A chunk of (position, path, label) -> its records and the exact sum of its pixels.
 
     Records are (path, key, Datum bytes or their (offset, length) in shared-memory slot `slot`),
-    or (path, None, reason) for an unreadable image. The sum (uint32: at most CHUNK x 255 per
-    pixel) travels once per chunk, not once per image, so the parent only writes."""
+    or (path, None, reason) for an unreadable image. The sum travels once per chunk, not once per
+    image, so the parent only writes; with shared memory it stays in the slot (returned as
+    `IN_SLOT`)."""
     records, total, mixed, offset = [], None, False, 0
     for position, rel, label in chunk:
         try:
@@ -204,11 +217,14 @@ def _convert_chunk(chunk: list[tuple[int, str, int]], slot: int):
         if isinstance(payload, tuple):
             offset += payload[1]
         if total is None and not mixed:
-            total = np.zeros(chw.shape, dtype=np.uint32)
+            total = _SLOTS.sum_view(slot) if _SLOTS is not None else np.empty(chw.shape, SUM_DTYPE)
+            total[...] = 0
         if total is not None and chw.shape == total.shape:
             total += chw
         else:
             mixed, total = True, None
+    if _SLOTS is not None and total is not None:
+        total = IN_SLOT
     return chunk[-1][0], records, total, mixed
 
 
@@ -220,15 +236,21 @@ class _State:
     def __init__(self, env: lmdb.Environment):
         self.db = env.open_db(STATE_DB)
         self.next, self.count, self.sum, self.skipped, self.mixed = 0, 0, None, [], False
+        self.skipped_bytes = 0
         with env.begin(db=self.db) as txn:
             raw = txn.get(b"state")
             if raw:
                 meta = json.loads(raw)
                 self.next, self.count, self.skipped = meta["next"], meta["count"], meta["skipped"]
                 self.mixed = meta["mixed"]
+                self.skipped_bytes = len(json.dumps(self.skipped))
                 total = txn.get(b"sum")
                 if total and meta["shape"]:
                     self.sum = np.frombuffer(total, dtype=np.float64).reshape(meta["shape"]).copy()
+
+    def skip(self, rel: str, reason: str) -> None:
+        self.skipped.append([rel, reason])
+        self.skipped_bytes += len(rel) + len(reason) + 8
 
     def add(self, total: np.ndarray | None, mixed: bool) -> None:
         """Fold in a chunk's pixel sum."""
@@ -242,6 +264,12 @@ class _State:
             return
         self.sum += total
 
+    def footprint(self, total: np.ndarray | None) -> int:
+        """Map bytes a save may add once `total` is folded in (the old sum's pages are only free
+        again after the commit)."""
+        pixels = self.sum.size if self.sum is not None else total.size if total is not None else 0
+        return 2 * 8 * pixels + 16 * _PAGE + 2 * self.skipped_bytes
+
     def save(self, txn) -> None:
         meta = {"next": self.next, "count": self.count, "skipped": self.skipped, "mixed": self.mixed,
                 "shape": list(self.sum.shape) if self.sum is not None else None}
@@ -250,11 +278,51 @@ class _State:
             txn.put(b"sum", self.sum.tobytes(), db=self.db)
 
 
-def _grow(env: lmdb.Environment, needed: int) -> None:
-    info, stat = env.info(), env.stat()
-    used = (info["last_pgno"] + 1) * stat["psize"]
-    if used + 2 * needed > info["map_size"]:
-        env.set_mapsize(max(2 * info["map_size"], used + 4 * needed))
+class _Flusher:
+    """Writes committed pages to disk in the background and drops them from the page cache.
+
+    Otherwise the page cache grows by the whole LMDB, and each new page is memory the kernel must
+    find and clear; on a virtual machine that hands free memory back to its host, that costs the
+    writer more CPU than copying the pixels. Dropped once on disk, a batch's pages are soon reused
+    for the next one. Nothing is lost to a kill (the OS holds what is not yet written), and the
+    final sync still comes at the end."""
+
+    def __init__(self, path: Path):
+        self.fd = os.open(path, os.O_RDONLY)
+        self.wake, self.stopping = threading.Event(), False
+        self.thread = threading.Thread(target=self._run, name="lmdb-flusher", daemon=True)
+        self.thread.start()
+
+    def poke(self) -> None:
+        self.wake.set()
+
+    def _run(self) -> None:
+        while not self.stopping:
+            self.wake.wait()
+            self.wake.clear()
+            os.fdatasync(self.fd)
+            os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+    def close(self) -> None:
+        self.stopping = True
+        self.wake.set()
+        self.thread.join()
+        os.close(self.fd)
+
+
+def _room(env: lmdb.Environment) -> int:
+    """Bytes the map can still take (outside a write transaction)."""
+    info = env.info()
+    return info["map_size"] - (info["last_pgno"] + 1) * env.stat()["psize"]
+
+
+def _footprint(key: bytes, value) -> int:
+    """An upper bound on the map bytes one record takes: its value's overflow pages plus its key
+    and node in a leaf page, and a share of the branch pages above."""
+    return (len(value) // _PAGE + 2) * _PAGE + 2 * len(key) + 64
+
+
+_PAGE = 4096
 
 
 def write_mean(path: Path, total: np.ndarray, count: int) -> None:
@@ -296,8 +364,8 @@ def build(list_file: str | Path, image_root: str | Path, out_dir: str | Path,
     partial.mkdir(exist_ok=True)
     write_atomic(settings_file, json.dumps(settings, indent=1))
     # No fsync per commit: a killed process loses nothing the OS already has; synced at the end.
-    # No writemap: with it every new page faults into the mapped file, 2.7x the parent's CPU.
-    env = lmdb.open(str(partial), map_size=1 << 30, max_dbs=2, sync=False, metasync=False)
+    # No writemap: mapped pages could not be dropped from the page cache (see _Flusher).
+    env = lmdb.open(str(partial), map_size=INITIAL_MAP_SIZE, max_dbs=2, sync=False, metasync=False)
     state = _State(env)
     positions = order(len(entries), options.shuffle, options.seed)
     todo = [(int(i), entries[p][0], entries[p][1]) for i, p in enumerate(positions) if i >= state.next]
@@ -310,12 +378,13 @@ def build(list_file: str | Path, image_root: str | Path, out_dir: str | Path,
     caffe_pb2()  # imported once here, inherited by the forked workers
     ctx = multiprocessing.get_context("fork")
     slots = _Slots.for_options(options, workers)
+    flusher = _Flusher(partial / "data.mdb")
     try:
         chunks = [todo[i:i + CHUNK] for i in range(0, len(todo), CHUNK)]
         with ctx.Pool(workers, initializer=_init_worker, initargs=(image_root, options, slots)) as pool:
-            for batch in _converted(pool, chunks, slots, workers):
-                _commit(env, state, batch, slots, bar)
+            _write(env, state, pool, chunks, slots, workers, bar, flusher)
     finally:
+        flusher.close()
         if bar:
             bar.close()
     mean_path = out_dir / "mean.binaryproto"
@@ -340,63 +409,76 @@ def build(list_file: str | Path, image_root: str | Path, out_dir: str | Path,
                        time.perf_counter() - start)
 
 
-def _converted(pool, chunks: list, slots: _Slots | None, workers: int):
-    """Batches of converted chunks, in list order, as (slot, result) pairs. Without shared memory
-    every chunk gets slot 0 (unused); with it, a chunk is only submitted when a slot is free, and
-    a batch's slots are free again once the caller has committed it (the next iteration)."""
+def _write(env: lmdb.Environment, state: _State, pool, chunks: list, slots: _Slots | None, workers: int,
+           bar, flusher: _Flusher) -> None:
+    """Convert chunks on the pool and write them in list order.
+
+    A chunk is put into the open transaction as soon as it is ready, which frees its shared-memory
+    slot at once; the transaction commits, with the progress that includes it, every BATCH images,
+    and early when the map might not hold the next chunk (the map grows only between
+    transactions)."""
     free = list(range(slots.count)) if slots else None
     in_flight = slots.count if slots else 4 * workers
-    waiting: list = []
-    batch: list = []
+    waiting: deque = deque()
     todo = iter(chunks)
 
-    def submit() -> bool:
-        chunk = next(todo, None)
-        if chunk is None:
-            return False
-        slot = free.pop() if free is not None else 0
-        waiting.append((slot, pool.apply_async(_convert_chunk, (chunk, slot))))
-        return True
+    def submit() -> None:
+        while len(waiting) < in_flight and (free is None or free):
+            chunk = next(todo, None)
+            if chunk is None:
+                return
+            slot = free.pop() if free is not None else 0
+            waiting.append((slot, pool.apply_async(_convert_chunk, (chunk, slot))))
 
-    while len(waiting) < in_flight and submit():
-        pass
-    while waiting:
-        slot, result = waiting.pop(0)
-        batch.append((slot, result.get()))
-        if len(batch) * CHUNK >= BATCH or not waiting:
-            yield batch
-            if free is not None:
-                free += [slot for slot, _ in batch]
-            batch = []
-        while len(waiting) < in_flight and (free is None or free) and submit():
-            pass
+    txn, room, done = None, 0, 0
 
+    def commit() -> None:
+        nonlocal txn, done
+        state.save(txn)
+        txn.commit()
+        txn = None
+        flusher.poke()
+        if bar:
+            bar.update(done)
+        done = 0
 
-def _commit(env: lmdb.Environment, state: _State, batch: list, slots: _Slots | None, bar) -> None:
-    """Write converted chunks and the progress that includes them in one transaction."""
-    if not batch:
-        return
-
-    def payload_of(slot: int, payload):
-        return slots.view(slot, *payload) if isinstance(payload, tuple) else payload
-
-    _grow(env, sum(len(payload_of(slot, payload)) for slot, (_, records, _, _) in batch
-                   for _, key, payload in records if key))
-    done = 0
-    with env.begin(write=True) as txn:
-        for slot, (last, records, total, mixed) in batch:
-            for rel, key, payload in records:
+    submit()
+    try:
+        while waiting:
+            slot, result = waiting.popleft()
+            last, records, total, mixed = result.get()
+            if isinstance(total, str):
+                total = slots.sum_view(slot)
+            payloads = [(rel, key, slots.view(slot, *payload) if isinstance(payload, tuple) else payload)
+                        for rel, key, payload in records]
+            need = sum(_footprint(key, payload) for _, key, payload in payloads if key) + state.footprint(total)
+            if txn is not None and need > room:
+                commit()
+            if txn is None:
+                room = _room(env)
+                if need > room:
+                    env.set_mapsize(2 * env.info()["map_size"] + 2 * need)
+                    room = _room(env)
+                txn = env.begin(write=True)
+            for rel, key, payload in payloads:
                 if key is None:
-                    state.skipped.append([rel, payload])
+                    state.skip(rel, payload)
                 else:
-                    txn.put(key, payload_of(slot, payload))
+                    txn.put(key, payload)
                     state.count += 1
             state.add(total, mixed)
+            del payloads, total  # views into the slot, which the next submission may reuse
+            room -= need
+            if free is not None:
+                free.append(slot)
+            submit()
+            state.next = last + 1
             done += len(records)
-        state.next = batch[-1][1][0] + 1
-        state.save(txn)
-    if bar:
-        bar.update(done)
+            if done >= BATCH or not waiting:
+                commit()
+    finally:
+        if txn is not None:  # interrupted: what was not committed is done again on the next run
+            txn.abort()
 
 
 def read_mean(path: str | Path) -> np.ndarray:

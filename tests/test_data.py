@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from caffe_transfer import caffe_env, splits
+from caffe_transfer import caffe_env, lmdb_builder, splits
 from caffe_transfer.cli import cli
 from caffe_transfer.lmdb_builder import BuildOptions, build, datum_parts, load_image, order, read_mean
 
@@ -224,6 +224,19 @@ def test_killed_build_resumes_with_every_image_once(tmp_path):
     np.testing.assert_array_equal(read_mean(out / "mean.binaryproto"), read_mean(reference.mean))
 
 
+@pytest.mark.parametrize("encoded", [False, True], ids=["raw", "encoded"])
+def test_the_map_grows_as_needed(encoded, tmp_path, monkeypatch):
+    images = tmp_path / "img"
+    list_file = _jpegs(images, 300, (96, 72))
+    options = BuildOptions(resize=64, encoded=encoded)
+    whole = build(list_file, images, tmp_path / "whole", options, progress=False)
+    monkeypatch.setattr(lmdb_builder, "INITIAL_MAP_SIZE", 64 * 1024)  # a few hundred KB of Datums
+    grown = build(list_file, images, tmp_path / "grown", options, progress=False)
+    assert grown.written == 300
+    assert _contents(grown.lmdb) == _contents(whole.lmdb)
+    np.testing.assert_array_equal(read_mean(grown.mean), read_mean(whole.mean))
+
+
 def test_bad_images_are_skipped_and_reported(tmp_path):
     images = tmp_path / "img"
     list_file = _jpegs(images, 6, (40, 30))
@@ -268,6 +281,6 @@ def test_make_lmdb_errors_are_one_line(args, needle, tmp_path):
 
 def test_lmdb_benchmark_runs_and_prints_ratios(tmp_path):
     bench = Path(__file__).resolve().parent.parent / "tools" / "bench_lmdb.py"
-    out = subprocess.run([sys.executable, str(bench), "--count", "60", "--workdir", str(tmp_path)],
+    out = subprocess.run([sys.executable, str(bench), "--count", "60", "--rounds", "1", "--workdir", str(tmp_path)],
                          capture_output=True, text=True, check=True).stdout
     assert "make-lmdb raw / convert_imageset:" in out and "decode+resize limit:" in out

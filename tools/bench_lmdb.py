@@ -4,14 +4,17 @@
 Generates ImageNet-like JPEGs (default 2,000 of 500x375), then measures in one run, on the same
 list: (1) the limit, just decoding and resizing the JPEGs to 256x256 with all cores; (2)
 `make-lmdb` raw and (3) `--encoded`; (4) `convert_imageset --resize_height=256 --resize_width=256
---shuffle`. Prints images/s and the ratios the project aims at (>= 2x convert_imageset, >= 85%
-of the limit). Usage: tools/bench_lmdb.py [--count N] [--workdir DIR]
+--shuffle`. Each is measured in every round, the rounds interleaved so that a slow spell of a
+shared machine hits all alike, and the median per contender is reported. Prints images/s and the
+ratios the project aims at (>= 2x convert_imageset, >= 85% of the limit).
+Usage: tools/bench_lmdb.py [--count N] [--rounds R] [--workdir DIR]
 """
 
 import argparse
 import multiprocessing
 import os
 import shutil
+import statistics
 import subprocess
 import tempfile
 import time
@@ -51,6 +54,7 @@ def _decode(path: str) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workdir", type=Path)
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_lmdb_"))
@@ -64,30 +68,38 @@ def main() -> None:
     for p in paths:  # warm the page cache so every contender reads from memory
         Path(p).read_bytes()
     cores = os.cpu_count() or 1
-    rates = {}
+    rates: dict[str, list[float]] = {}
 
-    start = time.perf_counter()
-    with multiprocessing.get_context("fork").Pool(cores) as pool:
-        list(pool.imap(_decode, paths, chunksize=16))
-    rates["decode+resize limit"] = n / (time.perf_counter() - start)
+    def timed(name: str, run, out: Path | None = None) -> None:
+        if out:  # every contender writes a fresh database
+            shutil.rmtree(out, ignore_errors=True)
+        start = time.perf_counter()
+        run()
+        rates.setdefault(name, []).append(n / (time.perf_counter() - start))
 
-    for name, encoded in (("make-lmdb raw", False), ("make-lmdb --encoded", True)):
-        out = work / name.replace(" ", "_")
-        shutil.rmtree(out, ignore_errors=True)
-        result = build(list_file, images, out, BuildOptions(encoded=encoded), progress=False)
-        rates[name] = n / result.seconds
+    def limit() -> None:
+        with multiprocessing.get_context("fork").Pool(cores) as pool:
+            list(pool.imap(_decode, paths, chunksize=16))
 
-    out = work / "convert_imageset"
-    shutil.rmtree(out, ignore_errors=True)
-    start = time.perf_counter()
-    subprocess.run([str(caffe_env.tool("convert_imageset")), "--resize_height=256", "--resize_width=256",
-                    "--shuffle", "--backend=lmdb", f"{images}/", str(list_file), str(out)],
-                   check=True, capture_output=True)
-    rates["convert_imageset"] = n / (time.perf_counter() - start)
+    outs = {name: work / name.replace(" ", "_") for name in ("make-lmdb raw", "make-lmdb --encoded", "convert_imageset")}
 
-    print(f"{n} JPEGs of 500x375, {cores} cores")
+    def convert_imageset() -> None:
+        subprocess.run([str(caffe_env.tool("convert_imageset")), "--resize_height=256", "--resize_width=256",
+                        "--shuffle", "--backend=lmdb", f"{images}/", str(list_file), str(outs["convert_imageset"])],
+                       check=True, capture_output=True)
+
+    for _ in range(args.rounds):
+        timed("decode+resize limit", limit)
+        for name, encoded in (("make-lmdb raw", False), ("make-lmdb --encoded", True)):
+            timed(name, lambda: build(list_file, images, outs[name], BuildOptions(encoded=encoded), progress=False),
+                  outs[name])
+        timed("convert_imageset", convert_imageset, outs["convert_imageset"])
+    runs = {name: [round(r) for r in values] for name, values in rates.items()}
+    rates = {name: statistics.median(values) for name, values in rates.items()}
+
+    print(f"{n} JPEGs of 500x375, {cores} cores, median of {args.rounds} rounds")
     for name, rate in rates.items():
-        print(f"  {name:22} {rate:8.1f} images/s")
+        print(f"  {name:22} {rate:8.1f} images/s   (rounds: {', '.join(map(str, runs[name]))})")
     print(f"make-lmdb raw / convert_imageset:      {rates['make-lmdb raw'] / rates['convert_imageset']:.2f}x (goal >= 2x)")
     print(f"make-lmdb --encoded / convert_imageset: {rates['make-lmdb --encoded'] / rates['convert_imageset']:.2f}x")
     print(f"make-lmdb raw / decode+resize limit:    {rates['make-lmdb raw'] / rates['decode+resize limit']:.0%} (goal >= 85%)")
