@@ -28,6 +28,7 @@ setup(
         "jinja2>=3.1",
         "lmdb>=1.4",
         "matplotlib>=3.6",
+        "opencv-python-headless>=4.6",  # decodes and resizes as convert_imageset does
         "pillow>=9",
         "tqdm>=4.60",
         "numpy>=1.24",

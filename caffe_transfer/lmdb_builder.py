@@ -2,10 +2,10 @@
 
 One LMDB per list file, with what `convert_imageset` would write: Datums (uint8, C,H,W, BGR,
 the list's label) keyed `%08d_<path>` by position in the (by default shuffled, fixed-seed) list,
-images resized to 256x256 (`--resize 0` keeps their size); `encoded=True` stores JPEG bytes
-instead (the original file where no resize is needed), which Caffe decodes with OpenCV. The mean
-image is written as `compute_image_mean` would, from a float64 sum so that 1.28M images lose no
-precision.
+images decoded and resized to 256x256 by OpenCV as convert_imageset does, so the pixels are the
+same (`--resize 0` keeps their size); `encoded=True` stores JPEG bytes instead (the original file
+where no resize is needed), which Caffe decodes with OpenCV. The mean image is written as
+`compute_image_mean` would, from a float64 sum so that 1.28M images lose no precision.
 
 Decoding and resizing run in worker processes on all cores; the parent writes in list order, one
 LMDB transaction per batch, and keeps its progress (next position, the float64 pixel sum, the
@@ -22,7 +22,6 @@ OUT_DIR/COMPLETE.
 
 from __future__ import annotations
 
-import io
 import json
 import mmap
 import multiprocessing
@@ -34,9 +33,9 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import lmdb
 import numpy as np
-from PIL import Image
 
 from .atomic import write_atomic
 from .caffe_env import caffe_pb2
@@ -52,6 +51,7 @@ IN_SLOT = "in slot"  # a chunk's result whose pixel sum is in its shared-memory 
 STATE_DB = b"caffe-transfer-progress"
 INITIAL_MAP_SIZE = 1 << 30  # grown, by doubling, between transactions
 JPEG_QUALITY = 95  # what OpenCV's imencode (convert_imageset --encoded) uses
+cv2.setNumThreads(1)  # one image per worker process: the pool is the parallelism
 
 
 @dataclass(frozen=True)
@@ -142,41 +142,43 @@ def datum_parts(c: int, h: int, w: int, label: int) -> tuple[bytes, bytes]:
 
 
 def load_image(path: Path, resize: int, gray: bool = False) -> np.ndarray:
-    """An image as uint8 H,W,C in BGR order (or H,W,1 grey), resized bilinearly to resize x resize."""
-    mode = "L" if gray else "RGB"
-    with Image.open(path) as img:
-        if img.mode != mode:
-            img = img.convert(mode)
-        if resize and img.size != (resize, resize):
-            img = img.resize((resize, resize), Image.BILINEAR)
-        array = np.asarray(img)
-    return array[:, :, None] if gray else array[:, :, ::-1]
+    """An image as convert_imageset reads it: uint8 H,W,C in BGR order (or H,W,1 grey), decoded by
+    OpenCV and resized by cv::resize's default (bilinear) to resize x resize, so the pixels are
+    Caffe's own (a test compares them with convert_imageset's)."""
+    return _pixels(path.read_bytes(), resize, gray)
 
 
-def encode_image(path: Path, pixels: np.ndarray, resize: int) -> tuple[bytes, bool]:
-    """JPEG bytes of the stored image, and whether they were re-encoded: the original file is
-    kept where it is a JPEG that needed no resize."""
-    h, w = pixels.shape[:2]
-    if not resize or (h, w) == (resize, resize):
-        data = path.read_bytes()
-        if data[:3] == b"\xff\xd8\xff":
-            return data, False
-    rgb = pixels[:, :, 0] if pixels.shape[2] == 1 else pixels[:, :, ::-1]
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgb)).save(buf, format="JPEG", quality=JPEG_QUALITY)
-    return buf.getvalue(), True
+def _pixels(data: bytes, resize: int, gray: bool) -> np.ndarray:
+    # OpenCV decodes a truncated JPEG with a warning; a JPEG is complete if its end-of-image
+    # marker follows its last start-of-scan (an EXIF thumbnail has both, earlier)
+    if data[:3] == _JPEG and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
+        raise ValueError("truncated JPEG: no end-of-image marker after the last scan")
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE if gray else cv2.IMREAD_COLOR)
+    if img is None:
+        raise ValueError("not an image OpenCV can decode")
+    if resize:
+        img = cv2.resize(img, (resize, resize))
+    return img[:, :, None] if img.ndim == 2 else img
 
 
-def _decode(data: bytes, gray: bool) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as img:
-        array = np.asarray(img.convert("L" if gray else "RGB"))
-    return array[:, :, None] if gray else array[:, :, ::-1]
+_JPEG = b"\xff\xd8\xff"
+
+
+def encode_image(data: bytes, pixels: np.ndarray, resize: int) -> tuple[bytes, bool]:
+    """JPEG bytes of the stored image, and whether they were re-encoded: as convert_imageset
+    --encoded, the original file is kept where it is a JPEG and no resize was asked for."""
+    if not resize and data[:3] == _JPEG:
+        return data, False
+    ok, buf = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise ValueError("OpenCV cannot encode it as JPEG")
+    return buf.tobytes(), True
 
 
 def _convert_one(position: int, rel: str, label: int, slot: int, offset: int):
     """One image -> (key, serialized Datum or its (offset, length) in the slot, pixels C,H,W)."""
-    path = _ROOT / rel
-    pixels = load_image(path, _OPTIONS.resize, _OPTIONS.gray)
+    data = (_ROOT / rel).read_bytes()
+    pixels = _pixels(data, _OPTIONS.resize, _OPTIONS.gray)
     h, w, c = pixels.shape
     key = f"{position:08d}_{rel}".encode()
     if _SLOTS is not None and h * w * c + _HEADER_MAX <= _SLOTS.record:
@@ -187,14 +189,15 @@ def _convert_one(position: int, rel: str, label: int, slot: int, offset: int):
         chw[...] = pixels.transpose(2, 0, 1)
         out[len(out) - len(tail):] = tail
         return key, (offset, len(out)), chw
-    datum = caffe_pb2().Datum(channels=c, height=h, width=w, label=label)
-    if _OPTIONS.encoded:
-        datum.data, reencoded = encode_image(path, pixels, _OPTIONS.resize)
+    datum = caffe_pb2().Datum(label=label)
+    if _OPTIONS.encoded:  # no sizes, as convert_imageset: Caffe takes them from the JPEG
+        datum.data, reencoded = encode_image(data, pixels, _OPTIONS.resize)
         datum.encoded = True
         if reencoded:  # the mean is of what Caffe will decode
-            pixels = _decode(datum.data, _OPTIONS.gray)
+            pixels = _pixels(datum.data, 0, _OPTIONS.gray)
     chw = np.ascontiguousarray(pixels.transpose(2, 0, 1))
     if not _OPTIONS.encoded:
+        datum.channels, datum.height, datum.width = c, h, w
         datum.data = chw.tobytes()
     return key, datum.SerializeToString(), chw
 

@@ -150,6 +150,30 @@ def test_caffe_reads_the_lmdb_with_the_expected_pixels_labels_and_mean(encoded, 
         np.testing.assert_array_equal(net.blobs["data"].data[i], expected)
 
 
+@pytest.mark.parametrize("flags, options", [
+    ([], BuildOptions(resize=32, shuffle=False)),
+    (["--gray"], BuildOptions(resize=32, shuffle=False, gray=True)),
+    (["--encoded", "--encode_type=jpg"], BuildOptions(resize=32, shuffle=False, encoded=True)),
+], ids=["raw", "gray", "encoded"])
+def test_datums_are_those_of_convert_imageset(flags, options, tmp_path, pb2):
+    """The authors made their LMDBs with convert_imageset: the same list gives the same Datums
+    (pixels decoded and resized by OpenCV, or the same re-encoded JPEG bytes)."""
+    images = tmp_path / "img"
+    list_file = _jpegs(images, 24, (50, 37))
+    ours = build(list_file, images, tmp_path / "ours", options, progress=False)
+    theirs = tmp_path / "theirs"
+    caffe_env.run_tool("convert_imageset", "--resize_height=32", "--resize_width=32", "--backend=lmdb", *flags,
+                       f"{images}/", list_file, theirs)
+    ours_items, theirs_items = _contents(ours.lmdb), _contents(theirs)
+    assert ours_items.keys() == theirs_items.keys() and len(ours_items) == 24
+    for key, value in theirs_items.items():
+        a, b = pb2.Datum(), pb2.Datum()
+        a.ParseFromString(ours_items[key])
+        b.ParseFromString(value)
+        assert (a.channels, a.height, a.width, a.label, a.encoded) == (b.channels, b.height, b.width, b.label, b.encoded)
+        assert a.data == b.data, key
+
+
 def test_mean_matches_compute_image_mean(tmp_path):
     images = tmp_path / "img"
     list_file = _jpegs(images, 30, (64, 48))
