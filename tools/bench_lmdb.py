@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from caffe_transfer import caffe_env
-from caffe_transfer.lmdb_builder import BuildOptions, build, load_image
+from caffe_transfer.lmdb_builder import BuildOptions, build, init_decoder, load_image
 
 
 def make_images(root: Path, count: int) -> Path:
@@ -78,7 +78,7 @@ def main() -> None:
         rates.setdefault(name, []).append(n / (time.perf_counter() - start))
 
     def limit() -> None:
-        with multiprocessing.get_context("fork").Pool(cores) as pool:
+        with multiprocessing.get_context("fork").Pool(cores, initializer=init_decoder) as pool:
             list(pool.imap(_decode, paths, chunksize=16))
 
     outs = {name: work / name.replace(" ", "_") for name in ("make-lmdb raw", "make-lmdb --encoded", "convert_imageset")}
