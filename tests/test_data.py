@@ -157,15 +157,21 @@ def test_caffe_reads_the_lmdb_with_the_expected_pixels_labels_and_mean(encoded, 
 ], ids=["raw", "gray", "encoded"])
 def test_datums_are_those_of_convert_imageset(flags, options, tmp_path, pb2):
     """The authors made their LMDBs with convert_imageset: the same list gives the same Datums
-    (pixels decoded and resized by OpenCV, or the same re-encoded JPEG bytes)."""
+    (pixels decoded and resized by OpenCV, or the same re-encoded JPEG bytes), a JPEG that is
+    rotated by its EXIF orientation included."""
     images = tmp_path / "img"
     list_file = _jpegs(images, 24, (50, 37))
+    with Image.open(images / "c0" / "0.jpg") as img:
+        exif = img.getexif()
+        exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+        img.save(images / "c0" / "rotated.jpg", exif=exif.tobytes(), quality=92)
+    list_file.write_text(list_file.read_text() + "c0/rotated.jpg 0\n")
     ours = build(list_file, images, tmp_path / "ours", options, progress=False)
     theirs = tmp_path / "theirs"
     caffe_env.run_tool("convert_imageset", "--resize_height=32", "--resize_width=32", "--backend=lmdb", *flags,
                        f"{images}/", list_file, theirs)
     ours_items, theirs_items = _contents(ours.lmdb), _contents(theirs)
-    assert ours_items.keys() == theirs_items.keys() and len(ours_items) == 24
+    assert ours_items.keys() == theirs_items.keys() and len(ours_items) == 25
     for key, value in theirs_items.items():
         a, b = pb2.Datum(), pb2.Datum()
         a.ParseFromString(ours_items[key])
