@@ -195,7 +195,7 @@ def _convert_one(position: int, rel: str, label: int, slot: int, offset: int):
     pixels = _pixels(data, _OPTIONS.resize, _OPTIONS.gray)
     h, w, c = pixels.shape
     key = f"{position:08d}_{rel}".encode()
-    if _SLOTS is not None and h * w * c + _HEADER_MAX <= _SLOTS.record:
+    if _SLOTS is not None:  # resized, so of the slots' fixed shape
         head, tail = datum_parts(c, h, w, label)
         out = _SLOTS.view(slot, offset, len(head) + h * w * c + len(tail))
         out[:len(head)] = head
@@ -267,7 +267,7 @@ class _State:
 
     def skip(self, rel: str, reason: str) -> None:
         self.skipped.append([rel, reason])
-        self.skipped_bytes += len(rel) + len(reason) + 8
+        self.skipped_bytes += len(json.dumps(self.skipped[-1])) + 2  # as it is in the saved list
 
     def add(self, total: np.ndarray | None, mixed: bool) -> None:
         """Fold in a chunk's pixel sum."""

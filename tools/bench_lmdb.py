@@ -94,6 +94,7 @@ def main() -> None:
             timed(name, lambda: build(list_file, images, outs[name], BuildOptions(encoded=encoded), progress=False),
                   outs[name])
         timed("convert_imageset", convert_imageset, outs["convert_imageset"])
+
     def ratio(a: str, b: str) -> float:
         return statistics.median(x / y for x, y in zip(rates[a], rates[b]))
 
