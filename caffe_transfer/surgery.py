@@ -120,13 +120,6 @@ def transplant(run_dir: str | Path, base: str | Path | None = None, out: str | P
             target.data[...] = source.reshape(target.data.shape)
     layers = _describe(run, net, base_path)
 
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
-        net.save(str(tmp))
-        _check_reload(run, tmp, copies, net)
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
     record = {
         "run": run.name, "treatment": t.notation, "family": t.family,
         "init": str(out), "seed": seed, "seed_note": "caffe.set_random_seed before building the "
@@ -136,7 +129,15 @@ def transplant(run_dir: str | Path, base: str | Path | None = None, out: str | P
         "layers": layers,
     }
     record_path = run.dir / RECORD
-    write_atomic(record_path, json.dumps(record, indent=2) + "\n")
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        net.save(str(tmp))
+        _check_reload(run, tmp, copies, net)
+        # the record first: training takes an existing init as done, so it must never lack one
+        write_atomic(record_path, json.dumps(record, indent=2) + "\n")
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return Transplant(out, record_path, layers, seed)
 
 

@@ -43,12 +43,13 @@ def quick_demo(tmp_path_factory):
     first, _ = proc.communicate(timeout=120)
     done_first = {p.parent.parent.name: p.stat().st_mtime_ns
                   for p in (out / "runs").glob("*/snapshots/*_iter_40.caffemodel")}
+    states_first = {p.parent.parent.name for p in (out / "runs").glob("*/snapshots/*.solverstate")}
     second = subprocess.run([CLI, "demo", "--out", str(out), "--preset", "quick"], capture_output=True, text=True)
-    return out, proc.returncode, first, done_first, second
+    return out, proc.returncode, first, done_first, states_first, second
 
 
 def test_interrupted_demo_stops_with_snapshots_and_continues(quick_demo):
-    out, code, first, done_first, second = quick_demo
+    out, code, first, done_first, states_first, second = quick_demo
     assert code == 130 and "run the same command again to continue" in first, first[-2000:]
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "30/30 runs trained" in second.stdout
@@ -56,8 +57,10 @@ def test_interrupted_demo_stops_with_snapshots_and_continues(quick_demo):
         run = Run.load(out / "runs" / name)
         assert run.final_model.stat().st_mtime_ns == mtime, f"{name} was retrained"
         assert run.log.read_text().count(HEADER) == 1
-    for name in re.findall(r"^  (\S+): stopped", first, re.M):  # stopped mid-way: resumed from a snapshot
-        assert "resuming from" in (out / "runs" / name / "train.log").read_text(), name
+    for name in re.findall(r"^  (\S+): stopped", first, re.M):
+        # stopped mid-way: resumed from its snapshot; stopped before Caffe saved one: started again
+        log = (out / "runs" / name / "train.log").read_text()
+        assert ("resuming from" in log) == (name in states_first), name
 
 
 def test_every_run_trained_and_every_transfer_came_from_its_base(quick_demo):
