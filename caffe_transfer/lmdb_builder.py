@@ -7,11 +7,11 @@ same (`--resize 0` keeps their size); `encoded=True` stores JPEG bytes instead (
 where no resize is needed), which Caffe decodes with OpenCV. The mean image is written as
 `compute_image_mean` would, from a float64 sum so that 1.28M images lose no precision.
 
-Decoding and resizing run in worker processes on all cores; the parent writes in list order, one
-LMDB transaction per batch, and keeps its progress (next position, the float64 pixel sum, the
-skipped images) in a named sub-database of the same LMDB, committed in the same transaction. A
-process killed at any point and run again therefore continues from the last committed batch and
-ends with every image exactly once. Finished, the state sub-database is dropped (Caffe reads the
+Decoding and resizing run in worker processes on all cores (see `_Workers`); the parent writes
+in list order, one LMDB transaction per batch, and keeps its progress (next position, the float64
+pixel sum, the skipped images) in a named sub-database of the same LMDB, committed in the same
+transaction. A process killed at any point and run again therefore continues from the last
+committed batch and ends with every image exactly once. Finished, the state sub-database is dropped (Caffe reads the
 main database only), the LMDB is renamed from `lmdb.partial` to `lmdb`, and `COMPLETE` is written;
 a complete LMDB is never rebuilt unless forced. Unreadable images are skipped, counted and listed in
 `skipped.txt`.
@@ -23,14 +23,15 @@ OUT_DIR/COMPLETE.
 from __future__ import annotations
 
 import ctypes
+import itertools
 import json
 import mmap
 import multiprocessing
+import multiprocessing.connection
 import os
 import shutil
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +48,7 @@ DEFAULT_SIZE = 256
 DEFAULT_SEED = 0
 BATCH = 256  # images per LMDB transaction (and per progress record)
 CHUNK = 16   # images per worker task
+AHEAD_MIN = 3  # chunks a worker may run ahead of the parent: one in hand, one done, one spare
 SUM_DTYPE = np.uint16  # a chunk's pixel sum: at most CHUNK x 255 < 2**16
 IN_SLOT = "in slot"  # a chunk's result whose pixel sum is in its shared-memory slot
 STATE_DB = b"caffe-transfer-progress"
@@ -118,13 +120,11 @@ class _Slots:
         self.mem = mmap.mmap(-1, count * self.size)
 
     @classmethod
-    def for_options(cls, options: BuildOptions, workers: int) -> _Slots | None:
+    def for_options(cls, options: BuildOptions, count: int) -> _Slots | None:
         if options.encoded or not options.resize:
             return None  # sizes vary: pickled bytes instead
         channels = 1 if options.gray else 3
-        # a slot is free again once its chunk is put: each worker has one chunk in hand and one
-        # queued, and one more waits to be put
-        return cls(2 * workers + 1, (channels, options.resize, options.resize))
+        return cls(count, (channels, options.resize, options.resize))
 
     def view(self, slot: int, offset: int, length: int) -> memoryview:
         start = slot * self.size + offset
@@ -245,6 +245,32 @@ def _convert_chunk(chunk: list[tuple[int, str, int]], slot: int):
     return chunk[-1][0], records, total, mixed
 
 
+def _work(w: int, ahead: int, chunks: list, claims, pipes: list, root: Path, options: BuildOptions,
+          slots: _Slots | None) -> None:
+    """Worker `w`: claim the next chunk, convert it into the next of its `ahead` slots, send the
+    result on its own pipe; before reusing a slot, wait until the parent is done with it."""
+    conn = pipes[w][1]
+    for i, (parent_end, child_end) in enumerate(pipes):  # inherited by fork; closed so that a dead
+        parent_end.close()  # parent ends this worker's recv, and a dead worker ends the parent's
+        if i != w:
+            child_end.close()
+    _init_worker(root, options, slots)
+    try:
+        for j in itertools.count():
+            if j >= ahead:
+                conn.recv()
+            with claims.get_lock():  # claims[-1]: the next chunk; claims[w]: this worker's chunk
+                index = claims[w] = claims[-1]
+                claims[-1] += 1
+            if index >= len(chunks):
+                break
+            slot = w * ahead + j % ahead
+            conn.send((index, slot, _convert_chunk(chunks[index], slot)))
+        conn.send(None)  # finished, as opposed to dead
+    except (EOFError, ConnectionError, KeyboardInterrupt):
+        pass  # the parent is gone, or interrupted: nothing left to hand back
+
+
 # --- parent side -------------------------------------------------------------------------------
 class _State:
     """Progress kept inside the LMDB: next position, pixel sum (float64), count, skipped images,
@@ -327,6 +353,76 @@ class _Flusher:
         os.close(self.fd)
 
 
+class _Workers:
+    """Worker processes converting chunks, whose results come back in list order.
+
+    The chunk list is inherited by fork and each worker claims the next chunk from a shared
+    counter, so no task travels and the parent runs no pool threads: it only writes. A worker may
+    run `ahead` chunks ahead of the parent (its `ahead` shared-memory slots), enough to keep it
+    busy while the parent commits a batch. Each worker has its own pipe, so a worker that dies
+    (killed, or crashed in a decoder) is an error here, where multiprocessing.Pool would wait
+    forever."""
+
+    def __init__(self, chunks: list, workers: int, ahead: int, root: Path, options: BuildOptions,
+                 slots: _Slots | None):
+        self.chunks = chunks
+        ctx = multiprocessing.get_context("fork")
+        self.claims = ctx.Array("q", workers + 1)
+        pipes = [ctx.Pipe() for _ in range(workers)]
+        self.conns = [parent_end for parent_end, _ in pipes]
+        self.procs: list = []
+        try:
+            for w in range(workers):
+                proc = ctx.Process(target=_work, name=f"make-lmdb-{w}", daemon=True,
+                                   args=(w, ahead, chunks, self.claims, pipes, root, options, slots))
+                proc.start()
+                self.procs.append(proc)
+        finally:
+            for _, child_end in pipes:
+                child_end.close()
+
+    def results(self):
+        """(slot, result) of each chunk in list order. A chunk's slot is free again once the next
+        result is asked for."""
+        pending: dict = {}
+        live = dict(zip(self.conns, range(len(self.conns))))
+        for index in range(len(self.chunks)):
+            while index not in pending:
+                for conn in multiprocessing.connection.wait(list(live)):
+                    try:
+                        message = conn.recv()
+                    except (EOFError, ConnectionError):
+                        raise self._died(live[conn]) from None
+                    if message is None:
+                        del live[conn]
+                    else:
+                        pending[message[0]] = (live[conn], *message[1:])
+            w, slot, result = pending.pop(index)
+            yield slot, result
+            try:
+                self.conns[w].send(None)  # the slot is free
+            except ConnectionError:
+                pass  # finished, or died: then its next result says so
+
+    def _died(self, w: int) -> CaffeTransferError:
+        self.procs[w].join(1)
+        chunk = self.chunks[min(self.claims[w], len(self.chunks) - 1)]
+        return CaffeTransferError(
+            f"make-lmdb worker {w} died (exit code {self.procs[w].exitcode}) converting the {len(chunk)} images "
+            f"from {chunk[0][1]} on; what was written is kept, run again to go on")
+
+    def __enter__(self) -> _Workers:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for conn in self.conns:
+            conn.close()
+        for proc in self.procs:
+            if proc.is_alive() and exc[0] is not None:
+                proc.terminate()  # interrupted, or failed: its work is not wanted
+            proc.join()
+
+
 def _room(env: lmdb.Environment) -> int:
     """Bytes the map can still take (outside a write transaction)."""
     info = env.info()
@@ -383,37 +479,20 @@ def build(list_file: str | Path, image_root: str | Path, out_dir: str | Path,
     # No fsync per commit: a killed process loses nothing the OS already has; synced at the end.
     # No writemap: mapped pages could not be dropped from the page cache (see _Flusher).
     env = lmdb.open(str(partial), map_size=INITIAL_MAP_SIZE, max_dbs=2, sync=False, metasync=False)
-    state = _State(env)
-    positions = order(len(entries), options.shuffle, options.seed)
-    todo = [(int(i), entries[p][0], entries[p][1]) for i, p in enumerate(positions) if i >= state.next]
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(entries), initial=state.next, unit="img", desc=out_dir.name, smoothing=0.05)
-    workers = options.workers or os.cpu_count() or 1
-    caffe_pb2()  # imported once here, inherited by the forked workers
-    ctx = multiprocessing.get_context("fork")
-    slots = _Slots.for_options(options, workers)
-    flusher = _Flusher(partial / "data.mdb")
     try:
-        chunks = [todo[i:i + CHUNK] for i in range(0, len(todo), CHUNK)]
-        with ctx.Pool(workers, initializer=_init_worker, initargs=(image_root, options, slots)) as pool:
-            _write(env, state, pool, chunks, slots, workers, bar, flusher)
+        state = _State(env)
+        _fill(env, state, entries, image_root, options, partial / "data.mdb", out_dir.name if progress else None)
+        mean_path = out_dir / "mean.binaryproto"
+        has_mean = bool(state.count) and state.sum is not None
+        if has_mean:
+            write_mean(mean_path, state.sum, state.count)
+        else:
+            mean_path.unlink(missing_ok=True)
+        with env.begin(write=True) as txn:
+            txn.drop(state.db, delete=True)
+        env.sync(True)
     finally:
-        flusher.close()
-        if bar:
-            bar.close()
-    mean_path = out_dir / "mean.binaryproto"
-    has_mean = bool(state.count) and state.sum is not None
-    if has_mean:
-        write_mean(mean_path, state.sum, state.count)
-    else:
-        mean_path.unlink(missing_ok=True)
-    with env.begin(write=True) as txn:
-        txn.drop(state.db, delete=True)
-    env.sync(True)
-    env.close()
+        env.close()
     settings_file.unlink()
     if final.exists():
         shutil.rmtree(final)
@@ -426,27 +505,37 @@ def build(list_file: str | Path, image_root: str | Path, out_dir: str | Path,
                        time.perf_counter() - start)
 
 
-def _write(env: lmdb.Environment, state: _State, pool, chunks: list, slots: _Slots | None, workers: int,
-           bar, flusher: _Flusher) -> None:
-    """Convert chunks on the pool and write them in list order.
+def _fill(env: lmdb.Environment, state: _State, entries: list, image_root: Path, options: BuildOptions,
+          data_file: Path, progress: str | None) -> None:
+    """Convert and write the images from `state.next` on, on all cores, with a progress bar."""
+    positions = order(len(entries), options.shuffle, options.seed)
+    todo = [(int(i), entries[p][0], entries[p][1]) for i, p in enumerate(positions) if i >= state.next]
+    bar = None
+    if progress:
+        from tqdm import tqdm
 
-    A chunk is put into the open transaction as soon as it is ready, which frees its shared-memory
-    slot at once; the transaction commits, with the progress that includes it, every BATCH images,
-    and early when the map might not hold the next chunk (the map grows only between
-    transactions)."""
-    free = list(range(slots.count)) if slots else None
-    in_flight = slots.count if slots else 4 * workers
-    waiting: deque = deque()
-    todo = iter(chunks)
+        bar = tqdm(total=len(entries), initial=state.next, unit="img", desc=progress, smoothing=0.05)
+    chunks = [todo[i:i + CHUNK] for i in range(0, len(todo), CHUNK)]
+    workers = max(1, min(options.workers or os.cpu_count() or 1, len(chunks)))
+    ahead = max(AHEAD_MIN, BATCH // CHUNK // workers + 2)  # a batch's worth in flight, for the commit
+    caffe_pb2()  # imported once here, inherited by the forked workers
+    slots = _Slots.for_options(options, workers * ahead)
+    flusher = _Flusher(data_file)
+    try:
+        with _Workers(chunks, workers, ahead, image_root, options, slots) as pool:
+            _write(env, state, pool.results(), slots, bar, flusher)
+    finally:
+        flusher.close()
+        if bar:
+            bar.close()
 
-    def submit() -> None:
-        while len(waiting) < in_flight and (free is None or free):
-            chunk = next(todo, None)
-            if chunk is None:
-                return
-            slot = free.pop() if free is not None else 0
-            waiting.append((slot, pool.apply_async(_convert_chunk, (chunk, slot))))
 
+def _write(env: lmdb.Environment, state: _State, results, slots: _Slots | None, bar, flusher: _Flusher) -> None:
+    """Write converted chunks, which come in list order.
+
+    A chunk is put into the open transaction as soon as it comes, which frees its shared-memory
+    slot; the transaction commits, with the progress that includes it, every BATCH images, and
+    early when the map might not hold the next chunk (the map grows only between transactions)."""
     txn, room, done = None, 0, 0
 
     def commit() -> None:
@@ -459,11 +548,8 @@ def _write(env: lmdb.Environment, state: _State, pool, chunks: list, slots: _Slo
             bar.update(done)
         done = 0
 
-    submit()
     try:
-        while waiting:
-            slot, result = waiting.popleft()
-            last, records, total, mixed = result.get()
+        for slot, (last, records, total, mixed) in results:
             if isinstance(total, str):
                 total = slots.sum_view(slot)
             payloads = [(rel, key, slots.view(slot, *payload) if isinstance(payload, tuple) else payload)
@@ -484,15 +570,14 @@ def _write(env: lmdb.Environment, state: _State, pool, chunks: list, slots: _Slo
                     txn.put(key, payload)
                     state.count += 1
             state.add(total, mixed)
-            del payloads, total  # views into the slot, which the next submission may reuse
+            del payloads, total  # views into the slot, which is reused once the next result is asked for
             room -= need
-            if free is not None:
-                free.append(slot)
-            submit()
             state.next = last + 1
             done += len(records)
-            if done >= BATCH or not waiting:
+            if done >= BATCH:
                 commit()
+        if txn is not None:
+            commit()
     finally:
         if txn is not None:  # interrupted: what was not committed is done again on the next run
             txn.abort()

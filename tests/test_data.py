@@ -18,6 +18,7 @@ from PIL import Image
 
 from caffe_transfer import caffe_env, lmdb_builder, splits
 from caffe_transfer.cli import cli
+from caffe_transfer.errors import CaffeTransferError
 from caffe_transfer.lmdb_builder import BuildOptions, build, datum_parts, load_image, order, read_mean
 
 HALF0A_VALID_MD5 = "2f10009e20d77eb7007cf70674958b94"  # published by the authors
@@ -221,10 +222,15 @@ def _contents(path: Path) -> dict[bytes, bytes]:
     return items
 
 
-def test_killed_build_resumes_with_every_image_once(tmp_path):
+def _with_reference(tmp_path: Path, count: int, size: tuple[int, int], options: BuildOptions):
+    """JPEGs, their list, and the uninterrupted build of them to compare with."""
     images = tmp_path / "img"
-    list_file = _jpegs(images, 1500, (96, 72))
-    reference = build(list_file, images, tmp_path / "whole", BuildOptions(resize=64), progress=False)
+    list_file = _jpegs(images, count, size)
+    return list_file, images, build(list_file, images, tmp_path / "whole", options, progress=False)
+
+
+def test_killed_build_resumes_with_every_image_once(tmp_path):
+    list_file, images, reference = _with_reference(tmp_path, 1500, (96, 72), BuildOptions(resize=64))
     out = tmp_path / "killed"
     exe = Path(sys.executable).parent / "caffe-transfer"
     cmd = [str(exe), "make-lmdb", str(list_file), str(images), str(out), "--resize", "64"]
@@ -250,21 +256,47 @@ def test_killed_build_resumes_with_every_image_once(tmp_path):
     assert not (out / "COMPLETE").exists()
     subprocess.run(cmd, check=True, capture_output=True)
     assert (out / "COMPLETE").is_file()
-    assert _contents(out / "lmdb") == _contents(reference.lmdb)
-    np.testing.assert_array_equal(read_mean(out / "mean.binaryproto"), read_mean(reference.mean))
+    _assert_same(out / "lmdb", out / "mean.binaryproto", reference)
+
+
+def _assert_same(lmdb_dir: Path, mean: Path, reference) -> None:
+    assert _contents(lmdb_dir) == _contents(reference.lmdb)
+    np.testing.assert_array_equal(read_mean(mean), read_mean(reference.mean))
+
+
+@pytest.mark.parametrize("encoded", [False, True], ids=["raw", "encoded"])
+def test_a_dead_worker_is_an_error_not_a_hang_and_the_build_goes_on(encoded, tmp_path, monkeypatch):
+    options = BuildOptions(resize=32, encoded=encoded)
+    list_file, images, reference = _with_reference(tmp_path, 700, (48, 36), options)
+    convert = lmdb_builder._convert_chunk
+
+    def crash_at_600(chunk, slot):  # as a decoder that crashes, or the OOM killer, would end a worker
+        if any(position == 600 for position, _, _ in chunk):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return convert(chunk, slot)
+
+    monkeypatch.setattr(lmdb_builder, "_convert_chunk", crash_at_600)
+    out = tmp_path / "crashed"
+    with pytest.raises(CaffeTransferError, match=r"worker \d died \(exit code -9\)") as err:
+        build(list_file, images, out, options, progress=False)
+    assert "\n" not in str(err.value)
+    env = lmdb.open(str(out / "lmdb.partial"), readonly=True, lock=False, max_dbs=2)
+    assert env.stat()["entries"] > lmdb_builder.BATCH  # what was committed before the crash is kept
+    env.close()
+    monkeypatch.undo()
+    again = build(list_file, images, out, options, progress=False)
+    assert again.written == 700
+    _assert_same(again.lmdb, again.mean, reference)
 
 
 @pytest.mark.parametrize("encoded", [False, True], ids=["raw", "encoded"])
 def test_the_map_grows_as_needed(encoded, tmp_path, monkeypatch):
-    images = tmp_path / "img"
-    list_file = _jpegs(images, 300, (96, 72))
     options = BuildOptions(resize=64, encoded=encoded)
-    whole = build(list_file, images, tmp_path / "whole", options, progress=False)
+    list_file, images, whole = _with_reference(tmp_path, 300, (96, 72), options)
     monkeypatch.setattr(lmdb_builder, "INITIAL_MAP_SIZE", 64 * 1024)  # a few hundred KB of Datums
     grown = build(list_file, images, tmp_path / "grown", options, progress=False)
     assert grown.written == 300
-    assert _contents(grown.lmdb) == _contents(whole.lmdb)
-    np.testing.assert_array_equal(read_mean(grown.mean), read_mean(whole.mean))
+    _assert_same(grown.lmdb, grown.mean, whole)
 
 
 def test_bad_images_are_skipped_and_reported(tmp_path):
