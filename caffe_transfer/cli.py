@@ -227,8 +227,10 @@ def make_lmdb(list_file, image_root, out_dir, resize, encoded, gray, no_shuffle,
         click.echo(f"{result.lmdb} is already complete ({result.written} images); --force rebuilds it")
         return
     rate = result.written / result.seconds if result.seconds else 0
+    warned = f"; {result.warned} with decoder warnings (see {out_dir / 'warnings.txt'})" if result.warned else ""
     click.echo(f"wrote {result.written} images to {result.lmdb} in {result.seconds:.1f} s ({rate:.0f} images/s); "
-               f"skipped {result.skipped} (see {out_dir / 'skipped.txt'}); mean: {result.mean or 'none (mixed sizes)'}")
+               f"skipped {result.skipped} (see {out_dir / 'skipped.txt'}){warned}; "
+               f"mean: {result.mean or 'none (mixed sizes)'}")
 
 
 @cli.command()

@@ -14,10 +14,11 @@ transaction. A process killed at any point and run again therefore continues fro
 committed batch and ends with every image exactly once. Finished, the state sub-database is dropped (Caffe reads the
 main database only), the LMDB is renamed from `lmdb.partial` to `lmdb`, and `COMPLETE` is written;
 a complete LMDB is never rebuilt unless forced. Unreadable images are skipped, counted and listed in
-`skipped.txt`.
+`skipped.txt`; images written although a decoder warned about them (libjpeg's "Corrupt JPEG data",
+which convert_imageset prints without naming the file) are listed in `warnings.txt`.
 
 Output layout (what `gen` reads): OUT_DIR/lmdb, OUT_DIR/mean.binaryproto, OUT_DIR/skipped.txt,
-OUT_DIR/COMPLETE.
+OUT_DIR/warnings.txt, OUT_DIR/COMPLETE.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import shutil
+import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -74,6 +77,7 @@ class BuildResult:
     skipped: int
     seconds: float
     already_complete: bool = False
+    warned: int = 0
 
 
 def order(count: int, shuffle: bool, seed: int) -> np.ndarray:
@@ -216,21 +220,38 @@ def _convert_one(position: int, rel: str, label: int, slot: int, offset: int):
     return key, datum.SerializeToString(), chw
 
 
+_STDERR_READ = 0  # how much of this worker's stderr file has been read
+
+
+def _new_stderr() -> str:
+    """What this worker's stderr (a file, see `_Workers`) got since the last call, on one line:
+    the warnings a decoder printed about the image just converted."""
+    global _STDERR_READ
+    end = os.lseek(2, 0, os.SEEK_CUR)
+    if end == _STDERR_READ:
+        return ""
+    text = os.pread(2, end - _STDERR_READ, _STDERR_READ).decode(errors="replace")
+    _STDERR_READ = end
+    return " ".join(text.split())
+
+
 def _convert_chunk(chunk: list[tuple[int, str, int]], slot: int):
     """A chunk of (position, path, label) -> its records and the exact sum of its pixels.
 
-    Records are (path, key, Datum bytes or their (offset, length) in shared-memory slot `slot`),
-    or (path, None, reason) for an unreadable image. The sum travels once per chunk, not once per
-    image, so the parent only writes; with shared memory it stays in the slot (returned as
-    `IN_SLOT`)."""
+    Records are (path, key, Datum bytes or their (offset, length) in shared-memory slot `slot`,
+    decoder warnings), or (path, None, reason, "") for an unreadable image. The sum travels once
+    per chunk, not once per image, so the parent only writes; with shared memory it stays in the
+    slot (returned as `IN_SLOT`)."""
     records, total, mixed, offset = [], None, False, 0
     for position, rel, label in chunk:
         try:
             key, payload, chw = _convert_one(position, rel, label, slot, offset)
         except Exception as e:  # noqa: BLE001 - any unreadable image is skipped and reported
-            records.append((rel, None, f"{type(e).__name__}: {e}".replace("\n", " ")))
+            warning = _new_stderr()
+            reason = f"{type(e).__name__}: {e}".replace("\n", " ") + (f" ({warning})" if warning else "")
+            records.append((rel, None, reason, ""))
             continue
-        records.append((rel, key, payload))
+        records.append((rel, key, payload, _new_stderr()))
         if isinstance(payload, tuple):
             offset += payload[1]
         if total is None and not mixed:
@@ -245,10 +266,11 @@ def _convert_chunk(chunk: list[tuple[int, str, int]], slot: int):
     return chunk[-1][0], records, total, mixed
 
 
-def _work(w: int, ahead: int, chunks: list, claims, pipes: list, root: Path, options: BuildOptions,
+def _work(w: int, ahead: int, chunks: list, claims, pipes: list, stderr: int, root: Path, options: BuildOptions,
           slots: _Slots | None) -> None:
     """Worker `w`: claim the next chunk, convert it into the next of its `ahead` slots, send the
     result on its own pipe; before reusing a slot, wait until the parent is done with it."""
+    os.dup2(stderr, 2)
     conn = pipes[w][1]
     for i, (parent_end, child_end) in enumerate(pipes):  # inherited by fork; closed so that a dead
         parent_end.close()  # parent ends this worker's recv, and a dead worker ends the parent's
@@ -274,26 +296,29 @@ def _work(w: int, ahead: int, chunks: list, claims, pipes: list, root: Path, opt
 # --- parent side -------------------------------------------------------------------------------
 class _State:
     """Progress kept inside the LMDB: next position, pixel sum (float64), count, skipped images,
-    and whether images of different sizes (no single mean) were seen."""
+    images written with decoder warnings, and whether images of different sizes (no single mean)
+    were seen."""
 
     def __init__(self, env: lmdb.Environment):
         self.db = env.open_db(STATE_DB)
-        self.next, self.count, self.sum, self.skipped, self.mixed = 0, 0, None, [], False
-        self.skipped_bytes = 0
+        self.next, self.count, self.sum, self.skipped, self.warned, self.mixed = 0, 0, None, [], [], False
+        self.listed_bytes = 0
         with env.begin(db=self.db) as txn:
             raw = txn.get(b"state")
             if raw:
                 meta = json.loads(raw)
                 self.next, self.count, self.skipped = meta["next"], meta["count"], meta["skipped"]
+                self.warned = meta.get("warned", [])  # none in a partial LMDB of an earlier caffe-transfer
                 self.mixed = meta["mixed"]
-                self.skipped_bytes = len(json.dumps(self.skipped))
+                self.listed_bytes = len(json.dumps(self.skipped)) + len(json.dumps(self.warned))
                 total = txn.get(b"sum")
                 if total and meta["shape"]:
                     self.sum = np.frombuffer(total, dtype=np.float64).reshape(meta["shape"]).copy()
 
-    def skip(self, rel: str, reason: str) -> None:
-        self.skipped.append([rel, reason])
-        self.skipped_bytes += len(json.dumps(self.skipped[-1])) + 2  # as it is in the saved list
+    def note(self, listing: list, rel: str, text: str) -> None:
+        """Note an image in `skipped` or `warned`."""
+        listing.append([rel, text])
+        self.listed_bytes += len(json.dumps(listing[-1])) + 2  # as it is in the saved list
 
     def add(self, total: np.ndarray | None, mixed: bool) -> None:
         """Fold in a chunk's pixel sum."""
@@ -311,10 +336,11 @@ class _State:
         """Map bytes a save may add once `total` is folded in (the old sum's pages are only free
         again after the commit)."""
         pixels = self.sum.size if self.sum is not None else total.size if total is not None else 0
-        return 2 * 8 * pixels + 16 * _PAGE + 2 * self.skipped_bytes
+        return 2 * 8 * pixels + 16 * _PAGE + 2 * self.listed_bytes
 
     def save(self, txn) -> None:
-        meta = {"next": self.next, "count": self.count, "skipped": self.skipped, "mixed": self.mixed,
+        meta = {"next": self.next, "count": self.count, "skipped": self.skipped, "warned": self.warned,
+                "mixed": self.mixed,
                 "shape": list(self.sum.shape) if self.sum is not None else None}
         txn.put(b"state", json.dumps(meta).encode(), db=self.db)
         if self.sum is not None:
@@ -361,7 +387,8 @@ class _Workers:
     run `ahead` chunks ahead of the parent (its `ahead` shared-memory slots), enough to keep it
     busy while the parent commits a batch. Each worker has its own pipe, so a worker that dies
     (killed, or crashed in a decoder) is an error here, where multiprocessing.Pool would wait
-    forever."""
+    forever. A worker's stderr is a file, read after each image, so that what a decoder prints
+    (libjpeg's warnings, or its last words) is tied to the image it is about."""
 
     def __init__(self, chunks: list, workers: int, ahead: int, root: Path, options: BuildOptions,
                  slots: _Slots | None):
@@ -370,11 +397,13 @@ class _Workers:
         self.claims = ctx.Array("q", workers + 1)
         pipes = [ctx.Pipe() for _ in range(workers)]
         self.conns = [parent_end for parent_end, _ in pipes]
+        self.stderr = [tempfile.TemporaryFile() for _ in range(workers)]
         self.procs: list = []
         try:
             for w in range(workers):
                 proc = ctx.Process(target=_work, name=f"make-lmdb-{w}", daemon=True,
-                                   args=(w, ahead, chunks, self.claims, pipes, root, options, slots))
+                                   args=(w, ahead, chunks, self.claims, pipes, self.stderr[w].fileno(), root,
+                                         options, slots))
                 proc.start()
                 self.procs.append(proc)
         finally:
@@ -407,9 +436,14 @@ class _Workers:
     def _died(self, w: int) -> CaffeTransferError:
         self.procs[w].join(1)
         chunk = self.chunks[min(self.claims[w], len(self.chunks) - 1)]
+        stderr = self.stderr[w]
+        stderr.seek(max(0, stderr.seek(0, os.SEEK_END) - 4096))
+        last = [line for line in stderr.read().decode(errors="replace").splitlines() if line.strip()][-1:]
         return CaffeTransferError(
-            f"make-lmdb worker {w} died (exit code {self.procs[w].exitcode}) converting the {len(chunk)} images "
-            f"from {chunk[0][1]} on; what was written is kept, run again to go on")
+            f"make-lmdb worker {w} died (exit code {self.procs[w].exitcode}"
+            + "".join(f", last words: {line.strip()}" for line in last)
+            + f") converting the {len(chunk)} images from {chunk[0][1]} on; what was written is kept, run again "
+            "to go on")
 
     def __enter__(self) -> _Workers:
         return self
@@ -421,6 +455,8 @@ class _Workers:
             if proc.is_alive() and exc[0] is not None:
                 proc.terminate()  # interrupted, or failed: its work is not wanted
             proc.join()
+        for stderr in self.stderr:
+            stderr.close()
 
 
 def _room(env: lmdb.Environment) -> int:
@@ -462,7 +498,8 @@ def build(list_file: str | Path, image_root: str | Path, out_dir: str | Path,
     if complete.is_file() and final.is_dir() and not force:
         meta = json.loads(complete.read_text())
         mean = out_dir / "mean.binaryproto"
-        return BuildResult(final, mean if mean.is_file() else None, meta["written"], meta["skipped"], 0.0, True)
+        return BuildResult(final, mean if mean.is_file() else None, meta["written"], meta["skipped"], 0.0, True,
+                           meta.get("warned", 0))
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -497,12 +534,12 @@ def build(list_file: str | Path, image_root: str | Path, out_dir: str | Path,
     if final.exists():
         shutil.rmtree(final)
     os.replace(partial, final)
-    skipped_text = "".join(f"{path}\t{reason}\n" for path, reason in state.skipped)
-    write_atomic(out_dir / "skipped.txt", skipped_text)
+    for name, listing in (("skipped.txt", state.skipped), ("warnings.txt", state.warned)):
+        write_atomic(out_dir / name, "".join(f"{path}\t{text}\n" for path, text in listing))
     write_atomic(complete, json.dumps({**settings, "written": state.count, "skipped": len(state.skipped),
-                                       "mean": has_mean}, indent=1) + "\n")
+                                       "warned": len(state.warned), "mean": has_mean}, indent=1) + "\n")
     return BuildResult(final, mean_path if has_mean else None, state.count, len(state.skipped),
-                       time.perf_counter() - start)
+                       time.perf_counter() - start, warned=len(state.warned))
 
 
 def _fill(env: lmdb.Environment, state: _State, entries: list, image_root: Path, options: BuildOptions,
@@ -538,6 +575,10 @@ def _write(env: lmdb.Environment, state: _State, results, slots: _Slots | None, 
     early when the map might not hold the next chunk (the map grows only between transactions)."""
     txn, room, done = None, 0, 0
 
+    def say(line: str) -> None:  # on stderr above the progress bar; the reports have them all
+        if bar:
+            bar.write(line, file=sys.stderr)
+
     def commit() -> None:
         nonlocal txn, done
         state.save(txn)
@@ -552,9 +593,9 @@ def _write(env: lmdb.Environment, state: _State, results, slots: _Slots | None, 
         for slot, (last, records, total, mixed) in results:
             if isinstance(total, str):
                 total = slots.sum_view(slot)
-            payloads = [(rel, key, slots.view(slot, *payload) if isinstance(payload, tuple) else payload)
-                        for rel, key, payload in records]
-            need = sum(_footprint(key, payload) for _, key, payload in payloads if key) + state.footprint(total)
+            payloads = [(rel, key, slots.view(slot, *payload) if isinstance(payload, tuple) else payload, warning)
+                        for rel, key, payload, warning in records]
+            need = sum(_footprint(key, payload) for _, key, payload, _ in payloads if key) + state.footprint(total)
             if txn is not None and need > room:
                 commit()
             if txn is None:
@@ -563,12 +604,16 @@ def _write(env: lmdb.Environment, state: _State, results, slots: _Slots | None, 
                     env.set_mapsize(2 * env.info()["map_size"] + 2 * need)
                     room = _room(env)
                 txn = env.begin(write=True)
-            for rel, key, payload in payloads:
+            for rel, key, payload, warning in payloads:
                 if key is None:
-                    state.skip(rel, payload)
+                    state.note(state.skipped, rel, payload)
+                    say(f"{rel}: skipped: {payload}")
                 else:
                     txn.put(key, payload)
                     state.count += 1
+                if warning:
+                    state.note(state.warned, rel, warning)
+                    say(f"{rel}: written, with a decoder warning: {warning}")
             state.add(total, mixed)
             del payloads, total  # views into the slot, which is reused once the next result is asked for
             room -= need

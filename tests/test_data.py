@@ -272,12 +272,16 @@ def test_a_dead_worker_is_an_error_not_a_hang_and_the_build_goes_on(encoded, tmp
 
     def crash_at_600(chunk, slot):  # as a decoder that crashes, or the OOM killer, would end a worker
         if any(position == 600 for position, _, _ in chunk):
+            os.write(2, b"decoder: out of its mind\n")
             os.kill(os.getpid(), signal.SIGKILL)
         return convert(chunk, slot)
 
     monkeypatch.setattr(lmdb_builder, "_convert_chunk", crash_at_600)
     out = tmp_path / "crashed"
-    with pytest.raises(CaffeTransferError, match=r"worker \d died \(exit code -9\)") as err:
+    chunk = lmdb_builder.CHUNK
+    first = splits.read_list(list_file)[order(700, True, 0)[600 // chunk * chunk]][0]  # of the chunk with 600
+    with pytest.raises(CaffeTransferError, match=r"worker \d died \(exit code -9, last words: decoder: out of its "
+                                                 rf"mind\) converting the {chunk} images from {first} on") as err:
         build(list_file, images, out, options, progress=False)
     assert "\n" not in str(err.value)
     env = lmdb.open(str(out / "lmdb.partial"), readonly=True, lock=False, max_dbs=2)
@@ -306,14 +310,25 @@ def test_bad_images_are_skipped_and_reported(tmp_path):
     (images / "c0" / "corrupt.jpg").write_bytes(good[:20] + b"\x00" * 200 + good[220:])
     (images / "c0" / "truncated.jpg").write_bytes(good[: len(good) // 3])
     (images / "c0" / "notes.jpg").write_text("not an image at all")
+    scan = good.find(b"\xff\xda")  # stray bytes before the scan: libjpeg warns, and decodes it
+    (images / "c0" / "warns.jpg").write_bytes(good[:scan] + b"\x00\x01\x02" + good[scan:])
     bad = ["c0/corrupt.jpg", "c0/truncated.jpg", "c0/notes.jpg", "c0/missing.jpg"]
-    list_file.write_text(list_file.read_text() + "".join(f"{b} 0\n" for b in bad))
+    list_file.write_text(list_file.read_text() + "".join(f"{b} 0\n" for b in bad + ["c0/warns.jpg"]))
     result = build(list_file, images, tmp_path / "db", BuildOptions(resize=32), progress=False)
     reported = [line.split("\t")[0] for line in (tmp_path / "db" / "skipped.txt").read_text().splitlines()]
-    assert result.written == 6 and result.skipped == len(reported)
+    assert result.written + result.skipped == 11 and result.skipped == len(reported)
     assert {"c0/truncated.jpg", "c0/notes.jpg", "c0/missing.jpg"} <= set(reported)
     assert set(reported) <= set(bad)
-    assert len(_contents(result.lmdb)) == 6
+    assert len(_contents(result.lmdb)) == result.written
+    warned = dict(line.split("\t") for line in (tmp_path / "db" / "warnings.txt").read_text().splitlines())
+    assert result.warned == len(warned) and set(warned) <= set(bad) | {"c0/warns.jpg"} and not set(warned) & set(reported)
+    assert warned["c0/warns.jpg"] == "Corrupt JPEG data: 3 extraneous bytes before marker 0xda"
+    cli_run = subprocess.run([str(Path(sys.executable).parent / "caffe-transfer"), "make-lmdb", str(list_file),
+                              str(images), str(tmp_path / "cli"), "--resize", "32"],
+                             capture_output=True, text=True, check=True)
+    assert "c0/warns.jpg: written, with a decoder warning: Corrupt JPEG data" in cli_run.stderr  # named, above the bar
+    assert "c0/notes.jpg: skipped: ValueError" in cli_run.stderr
+    assert f"{result.warned} with decoder warnings (see {tmp_path / 'cli' / 'warnings.txt'})" in cli_run.stdout
 
 
 def test_complete_lmdb_is_not_rebuilt_without_force(tmp_path):
