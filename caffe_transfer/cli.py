@@ -15,11 +15,18 @@ from .errors import CaffeTransferError
 
 
 class _Group(click.Group):
+    """Every error a user can cause ends as one line: "Error: ..."."""
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except CaffeTransferError as e:
             raise click.ClickException(str(e)) from None
+        except click.UsageError as e:  # click's own checks, without the usage block it prints first
+            one_line = click.ClickException(f"{e.format_message()} (see {e.ctx.command_path} -h)"
+                                            if e.ctx else e.format_message())
+            one_line.exit_code = e.exit_code
+            raise one_line from None
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "terminal_width": 110,
@@ -211,7 +218,7 @@ def lists(train_dir, val_dir, val_labels, out) -> None:
 @click.option("--gray", is_flag=True, help="One grey channel instead of BGR.")
 @click.option("--no-shuffle", is_flag=True, help="Keep the list order (default: shuffle with --seed).")
 @click.option("--seed", default=0, show_default=True, help="Shuffle seed.")
-@click.option("--workers", type=int, help="Decoding processes (default: all cores).")
+@click.option("--workers", type=click.IntRange(min=1), help="Decoding processes (default: all cores).")
 @click.option("--force", is_flag=True, help="Rebuild a complete LMDB.")
 def make_lmdb(list_file, image_root, out_dir, resize, encoded, gray, no_shuffle, seed, workers, force) -> None:
     """Build an LMDB and its mean image from a list (resumable, parallel).
@@ -297,7 +304,7 @@ def _report_grid(result, when: str = "") -> None:
               help="Folder for data, runs and report (run again to continue).")
 @click.option("--preset", default="standard", show_default=True, type=click.Choice(["quick", "standard"]),
               help="standard: the grid in about 15 minutes on 2 cores; quick: a 2-minute smoke run.")
-@click.option("--workers", type=int, help="Runs trained at once (default: one per core).")
+@click.option("--workers", type=click.IntRange(min=1), help="Runs trained at once (default: one per core).")
 def demo(out, preset, workers) -> None:
     """The scaled-down reproduction on Fashion-MNIST, CPU only: data, grid, training, report.
 
@@ -323,8 +330,10 @@ def _csv_list(value: str | None) -> list[str] | None:
 @click.option("--splits", default="0,1,2,3", show_default=True, help="Random splits of the random experiment.")
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Plan folder (one run folder per net).")
 @_net_options
-@click.option("--iter-seconds", type=float, help="Seconds per iteration, for the cost estimate.")
-@click.option("--gpus", "gpu_count", default=1, show_default=True, help="GPUs for the wall-clock estimate.")
+@click.option("--iter-seconds", type=click.FloatRange(min=0, min_open=True),
+              help="Seconds per iteration, for the cost estimate.")
+@click.option("--gpus", "gpu_count", type=click.IntRange(min=1), default=1, show_default=True,
+              help="GPUs for the wall-clock estimate.")
 @click.option("--scheduler", type=click.Choice(["none", "slurm"]), default="none", show_default=True,
               help="slurm: also write job arrays and submit.sh under OUT/slurm.")
 @click.option("--cpus-per-task", default=1, show_default=True, help="SLURM: CPUs per run (OpenBLAS threads).")
@@ -364,7 +373,7 @@ def plan(experiments, splits, out, arch, data_root, backend, fc8_outputs, cpu, s
 @cli.command("run-all")
 @click.argument("plan_dir", type=click.Path(path_type=Path))
 @click.option("--gpus", help="Comma-separated GPU ids, one run per GPU, e.g. 0,1,2,3.")
-@click.option("--cpu-workers", type=int, help="Runs at once on the CPU instead (default: 1).")
+@click.option("--cpu-workers", type=click.IntRange(min=1), help="Runs at once on the CPU instead (default: 1).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def run_all(plan_dir, gpus, cpu_workers, quiet) -> None:
     """Train every run of a plan: bases before their transfers, one run per device.

@@ -184,6 +184,23 @@ def test_gen_errors_are_one_line_and_write_nothing(args, needle, tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("argv, needle", [
+    (["make-lmdb", "list.txt", "images", "{out}", "--workers", "0"], "'--workers': 0 is not in the range x>=1"),
+    (["plan", "--gpus", "0", "--out", "{out}"], "'--gpus': 0 is not in the range x>=1"),
+    (["plan", "--iter-seconds", "-1", "--out", "{out}"], "'--iter-seconds': -1.0 is not in the range x>0"),
+    (["demo", "--workers", "0", "--out", "{out}"], "'--workers': 0 is not in the range x>=1"),
+    (["run-all", "{out}", "--cpu-workers", "0"], "'--cpu-workers': 0 is not in the range x>=1"),
+    (["make-lmdb"], "Missing argument 'LIST_FILE'. (see caffe-transfer make-lmdb -h)"),
+    (["nosuch"], "No such command 'nosuch'"),
+])
+def test_usage_errors_are_one_line_and_write_nothing(argv, needle, tmp_path):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, [a.format(out=out) for a in argv], prog_name="caffe-transfer")
+    assert result.exit_code == 2
+    assert needle in result.output and result.output.count("\n") == 1
+    assert not out.exists()
+
+
 def test_unwritable_out_is_a_one_line_error(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
