@@ -117,9 +117,8 @@ class _Slots:
     so all share it."""
 
     def __init__(self, count: int, shape: tuple[int, int, int]):
-        self.count, self.shape = count, shape
-        self.record = _HEADER_MAX + int(np.prod(shape))
-        self.sum_offset = CHUNK * self.record
+        self.shape = shape
+        self.sum_offset = CHUNK * (_HEADER_MAX + int(np.prod(shape)))  # after CHUNK records of at most that
         self.size = self.sum_offset + int(np.prod(shape)) * np.dtype(SUM_DTYPE).itemsize
         self.mem = mmap.mmap(-1, count * self.size)
 
