@@ -265,17 +265,11 @@ def _convert_chunk(chunk: list[tuple[int, str, int]], slot: int):
     return chunk[-1][0], records, total, mixed
 
 
-def _work(w: int, ahead: int, chunks: list, claims, pipes: list, stderr: int, root: Path, options: BuildOptions,
-          slots: _Slots | None) -> None:
+def _work(w: int, ahead: int, chunks: list, claims, conn, close: list, stderr: int, root: Path,
+          options: BuildOptions, slots: _Slots | None) -> None:
     """Worker `w`: claim the next chunk, convert it into the next of its `ahead` slots, send the
     result on its own pipe; before reusing a slot, wait until the parent is done with it."""
-    os.dup2(stderr, 2)
-    conn = pipes[w][1]
-    for i, (parent_end, child_end) in enumerate(pipes):  # inherited by fork; closed so that a dead
-        parent_end.close()  # parent ends this worker's recv, and a dead worker ends the parent's
-        if i != w:
-            child_end.close()
-    _init_worker(root, options, slots)
+    _start_child(close, stderr, root, options, slots)
     try:
         for j in itertools.count():
             if j >= ahead:
@@ -290,6 +284,21 @@ def _work(w: int, ahead: int, chunks: list, claims, pipes: list, stderr: int, ro
         conn.send(None)  # finished, as opposed to dead
     except (EOFError, ConnectionError, KeyboardInterrupt):
         pass  # the parent is gone, or interrupted: nothing left to hand back
+
+
+def _alone(item: tuple[int, str, int], conn, close: list, stderr: int, root: Path, options: BuildOptions) -> None:
+    """Convert one image in a process of its own (see `_Workers.isolated`), without shared memory."""
+    _start_child(close, stderr, root, options, None)
+    conn.send(_convert_chunk([item], 0))
+
+
+def _start_child(close: list, stderr: int, root: Path, options: BuildOptions, slots: _Slots | None) -> None:
+    """Close the parent's pipe ends inherited by fork (so that a dead parent ends a child's recv,
+    and a dead child the parent's), make `stderr` the child's fd 2, and set up the decoder."""
+    for conn in close:
+        conn.close()
+    os.dup2(stderr, 2)
+    _init_worker(root, options, slots)
 
 
 # --- parent side -------------------------------------------------------------------------------
@@ -384,65 +393,134 @@ class _Workers:
     The chunk list is inherited by fork and each worker claims the next chunk from a shared
     counter, so no task travels and the parent runs no pool threads: it only writes. A worker may
     run `ahead` chunks ahead of the parent (its `ahead` shared-memory slots), enough to keep it
-    busy while the parent commits a batch. Each worker has its own pipe, so a worker that dies
-    (killed, or crashed in a decoder) is an error here, where multiprocessing.Pool would wait
-    forever. A worker's stderr is a file, read after each image, so that what a decoder prints
-    (libjpeg's warnings, or its last words) is tied to the image it is about."""
+    busy while the parent commits a batch. A worker's stderr is a file, read after each image, so
+    that what a decoder prints (libjpeg's warnings, or its last words) is tied to its image.
+
+    Each worker has its own pipe, so a worker that dies (the OOM killer, or a decoder that
+    crashes on one bad file) is seen here, where multiprocessing.Pool would wait forever. Its
+    chunk is then converted again one image per process (`isolated`): an image whose process dies
+    too is skipped and reported like any unreadable one, the others are written, and a new worker
+    takes the dead one's place once its slots are free. Only when every image of the chunk, and
+    an image that converted before, kill their processes is it not the images: an error."""
 
     def __init__(self, chunks: list, workers: int, ahead: int, root: Path, options: BuildOptions,
-                 slots: _Slots | None):
-        self.chunks = chunks
-        ctx = multiprocessing.get_context("fork")
-        self.claims = ctx.Array("q", workers + 1)
-        pipes = [ctx.Pipe() for _ in range(workers)]
-        self.conns = [parent_end for parent_end, _ in pipes]
-        self.stderr = [tempfile.TemporaryFile() for _ in range(workers)]
-        self.procs: list = []
+                 slots: _Slots | None, control: tuple[int, str, int] | None):
+        self.chunks, self.ahead, self.root, self.options, self.slots = chunks, ahead, root, options, slots
+        self.control = control  # an image known not to kill its process
+        self.ctx = multiprocessing.get_context("fork")
+        self.claims = self.ctx.Array("q", [-1] * workers + [0])
+        self.conns: list = [None] * workers
+        self.procs: list = [None] * workers
+        self.stderr: list = [None] * workers
+        for w in range(workers):
+            self._start(w)
+
+    def _start(self, w: int) -> None:
+        parent_end, child_end = self.ctx.Pipe()
+        stderr = tempfile.TemporaryFile()
+        close = [conn for conn in self.conns if conn is not None] + [parent_end]
+        proc = self.ctx.Process(target=_work, name=f"make-lmdb-{w}", daemon=True,
+                                args=(w, self.ahead, self.chunks, self.claims, child_end, close, stderr.fileno(),
+                                      self.root, self.options, self.slots))
         try:
-            for w in range(workers):
-                proc = ctx.Process(target=_work, name=f"make-lmdb-{w}", daemon=True,
-                                   args=(w, ahead, chunks, self.claims, pipes, self.stderr[w].fileno(), root,
-                                         options, slots))
-                proc.start()
-                self.procs.append(proc)
+            proc.start()
+        except BaseException:
+            parent_end.close()
+            stderr.close()
+            raise
         finally:
-            for _, child_end in pipes:
-                child_end.close()
+            child_end.close()
+        if self.stderr[w] is not None:
+            self.stderr[w].close()
+        self.conns[w], self.procs[w], self.stderr[w] = parent_end, proc, stderr
 
     def results(self):
-        """(slot, result) of each chunk in list order. A chunk's slot is free again once the next
-        result is asked for."""
-        pending: dict = {}
-        live = dict(zip(self.conns, range(len(self.conns))))
+        """(slot, result) of each chunk in list order, or (None, result) of each image of a chunk
+        converted one by one. A chunk's slot is free again once the next result is asked for."""
+        pending: dict = {}  # index -> (worker, slot, result), received ahead of its turn
+        lost: dict = {}  # index -> (worker, how it died) of a chunk whose worker died converting it
+        dead: dict = {}  # worker -> the index of the chunk it died on, or None
+        owed = [0] * len(self.conns)  # results a worker sent that were not yet handed on
+        live = {conn: w for w, conn in enumerate(self.conns)}
         for index in range(len(self.chunks)):
-            while index not in pending:
+            while index not in pending and index not in lost:
+                for w, k in list(dead.items()):  # all its slots free again: a new worker for it
+                    if not owed[w] and k not in lost:
+                        del dead[w]
+                        self._start(w)
+                        live[self.conns[w]] = w
                 for conn in multiprocessing.connection.wait(list(live)):
+                    w = live[conn]
                     try:
                         message = conn.recv()
                     except (EOFError, ConnectionError):
-                        raise self._died(live[conn]) from None
+                        del live[conn]
+                        self.procs[w].join()
+                        k = self.claims[w]
+                        dead[w] = k if index <= k < len(self.chunks) and k not in pending else None
+                        if dead[w] is not None:
+                            lost[k] = (w, self._death(self.procs[w], self.stderr[w]))
+                        continue
                     if message is None:
                         del live[conn]
                     else:
-                        pending[message[0]] = (live[conn], *message[1:])
+                        pending[message[0]] = (w, *message[1:])
+                        owed[w] += 1
+            if index in lost:
+                yield from ((None, result) for result in self.isolated(index, *lost.pop(index)))
+                continue
             w, slot, result = pending.pop(index)
+            if self.control is None:
+                self.control = next((item for item, (_, key, _, _) in zip(self.chunks[index], result[1]) if key),
+                                    None)
             yield slot, result
+            owed[w] -= 1
             try:
                 self.conns[w].send(None)  # the slot is free
             except ConnectionError:
                 pass  # finished, or died: then its next result says so
 
-    def _died(self, w: int) -> CaffeTransferError:
-        self.procs[w].join(1)
-        chunk = self.chunks[min(self.claims[w], len(self.chunks) - 1)]
-        stderr = self.stderr[w]
+    def isolated(self, index: int, w: int, death: str) -> list:
+        """The results of chunk `index`, whose worker died, converted one image per process."""
+        chunk = self.chunks[index]
+        alone = [self._alone(item) for item in chunk]
+        if all(result is None for result, _ in alone) and (self.control is None or
+                                                           self._alone(self.control)[0] is None):
+            raise CaffeTransferError(
+                f"make-lmdb worker {w} died ({death}) converting the {len(chunk)} images from {chunk[0][1]} on, "
+                "and so did a process for each of them alone, and "
+                + (f"one for {self.control[1]}, which converted before: not the images' fault" if self.control
+                   else "no image has converted yet to compare with")
+                + "; what was written is kept, run again to go on")
+        return [result or (item[0], [(item[1], None, f"the decoder died on it ({how})", "")], None, False)
+                for item, (result, how) in zip(chunk, alone)]
+
+    def _alone(self, item: tuple[int, str, int]) -> tuple[tuple | None, str]:
+        """`_convert_chunk([item])` in a process of its own: its result, or None and how it died."""
+        parent_end, child_end = self.ctx.Pipe(duplex=False)
+        with tempfile.TemporaryFile() as stderr:
+            proc = self.ctx.Process(target=_alone, name="make-lmdb-alone", daemon=True,
+                                    args=(item, child_end, [*self.conns, parent_end], stderr.fileno(), self.root,
+                                          self.options))
+            try:
+                try:
+                    proc.start()
+                finally:
+                    child_end.close()
+                result = parent_end.recv()
+            except EOFError:
+                result = None
+            finally:
+                parent_end.close()
+            proc.join()
+            return result, "" if result else self._death(proc, stderr)
+
+    @staticmethod
+    def _death(proc, stderr) -> str:
+        """How a dead process ended: its exit code, and its last line on stderr."""
         stderr.seek(max(0, stderr.seek(0, os.SEEK_END) - 4096))
         last = [line for line in stderr.read().decode(errors="replace").splitlines() if line.strip()][-1:]
-        return CaffeTransferError(
-            f"make-lmdb worker {w} died (exit code {self.procs[w].exitcode}"
-            + "".join(f", last words: {line.strip()}" for line in last)
-            + f") converting the {len(chunk)} images from {chunk[0][1]} on; what was written is kept, run again "
-            "to go on")
+        return f"exit code {proc.exitcode}" + "".join(f", last words: {line.strip()}" for line in last)
 
     def __enter__(self) -> _Workers:
         return self
@@ -558,12 +636,22 @@ def _fill(env: lmdb.Environment, state: _State, entries: list, image_root: Path,
     slots = _Slots.for_options(options, workers * ahead)
     flusher = _Flusher(data_file)
     try:
-        with _Workers(chunks, workers, ahead, image_root, options, slots) as pool:
+        with _Workers(chunks, workers, ahead, image_root, options, slots, _first_written(env)) as pool:
             _write(env, state, pool.results(), slots, bar, flusher)
     finally:
         flusher.close()
         if bar:
             bar.close()
+
+
+def _first_written(env: lmdb.Environment) -> tuple[int, str, int] | None:
+    """(position, path, label) of an image already in the LMDB, if any: one known not to kill its
+    process (its label is not needed)."""
+    with env.begin() as txn:
+        cursor = txn.cursor()
+        key = cursor.key() if cursor.first() else b""  # keys %08d_path sort before the state database's name
+    position, _, path = key.partition(b"_")
+    return (int(position), path.decode(), 0) if position.isdigit() and path else None
 
 
 def _write(env: lmdb.Environment, state: _State, results, slots: _Slots | None, bar, flusher: _Flusher) -> None:

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import lmdb
 import numpy as np
 import pytest
@@ -264,24 +265,82 @@ def _assert_same(lmdb_dir: Path, mean: Path, reference) -> None:
     np.testing.assert_array_equal(read_mean(mean), read_mean(reference.mean))
 
 
-@pytest.mark.parametrize("encoded", [False, True], ids=["raw", "encoded"])
-def test_a_dead_worker_is_an_error_not_a_hang_and_the_build_goes_on(encoded, tmp_path, monkeypatch):
-    options = BuildOptions(resize=32, encoded=encoded)
-    list_file, images, reference = _with_reference(tmp_path, 700, (48, 36), options)
-    convert = lmdb_builder._convert_chunk
-
-    def crash_at_600(chunk, slot):  # as a decoder that crashes, or the OOM killer, would end a worker
-        if any(position == 600 for position, _, _ in chunk):
+def _killing(convert, dies):
+    """`_convert_chunk` in a worker that dies, as a decoder crashing or the OOM killer would end
+    it, when `dies(chunk)`; every process that converts images runs it, one image alone too."""
+    def converting(chunk, slot):
+        if dies(chunk):
             os.write(2, b"decoder: out of its mind\n")
             os.kill(os.getpid(), signal.SIGKILL)
         return convert(chunk, slot)
+    return converting
 
-    monkeypatch.setattr(lmdb_builder, "_convert_chunk", crash_at_600)
+
+def _mean_of(contents: dict[bytes, bytes], pb2) -> np.ndarray:
+    """The mean image of an LMDB's Datums, decoded by OpenCV where they are JPEGs."""
+    total = None
+    for value in contents.values():
+        datum = pb2.Datum.FromString(value)
+        pixels = (cv2.imdecode(np.frombuffer(datum.data, np.uint8), cv2.IMREAD_COLOR).transpose(2, 0, 1)
+                  if datum.encoded else np.frombuffer(datum.data, np.uint8).reshape(datum.channels, datum.height,
+                                                                                    datum.width))
+        total = pixels.astype(np.float64) if total is None else total + pixels
+    return (total / len(contents)).astype(np.float32)
+
+
+@pytest.mark.parametrize("encoded", [False, True], ids=["raw", "encoded"])
+def test_an_image_that_kills_its_worker_is_skipped_and_the_rest_written(encoded, tmp_path, monkeypatch, pb2):
+    options = BuildOptions(resize=32, encoded=encoded)
+    list_file, images, reference = _with_reference(tmp_path, 700, (48, 36), options)
+    monkeypatch.setattr(lmdb_builder, "_convert_chunk", _killing(lmdb_builder._convert_chunk,
+                                                                 lambda chunk: any(p == 600 for p, _, _ in chunk)))
+    culprit = splits.read_list(list_file)[order(700, True, 0)[600]][0]
+    result = build(list_file, images, tmp_path / "out", options, progress=False)
+    assert (result.written, result.skipped) == (699, 1)
+    assert (tmp_path / "out" / "skipped.txt").read_text() == (
+        f"{culprit}\tthe decoder died on it (exit code -9, last words: decoder: out of its mind)\n")
+    expected = {key: value for key, value in _contents(reference.lmdb).items() if not key.startswith(b"00000600_")}
+    assert len(expected) == 699 and _contents(result.lmdb) == expected  # the other 15 of its chunk too
+    np.testing.assert_array_equal(read_mean(result.mean), _mean_of(expected, pb2))
+
+
+def test_a_worker_killed_once_costs_no_image(tmp_path, monkeypatch):
+    options = BuildOptions(resize=32)
+    list_file, images, reference = _with_reference(tmp_path, 700, (48, 36), options)
+    flag = tmp_path / "killed"
+
+    def once_at_600(chunk):  # the OOM killer, say: the image is not to blame
+        if any(p == 600 for p, _, _ in chunk) and not flag.exists():
+            flag.touch()
+            return True
+        return False
+
+    monkeypatch.setattr(lmdb_builder, "_convert_chunk", _killing(lmdb_builder._convert_chunk, once_at_600))
+    result = build(list_file, images, tmp_path / "out", options, progress=False)
+    assert flag.exists() and (result.written, result.skipped) == (700, 0)
+    _assert_same(result.lmdb, result.mean, reference)
+
+
+def test_workers_dying_on_every_image_is_an_error_and_the_build_goes_on(tmp_path, monkeypatch):
+    options = BuildOptions(resize=32)
+    list_file, images, reference = _with_reference(tmp_path, 700, (48, 36), options)
+    broken = tmp_path / "broken"
+
+    def from_600_on_everything(chunk):  # something in the machine, not in the images, from then on
+        if broken.exists() or any(p == 600 for p, _, _ in chunk):
+            broken.touch()
+            return True
+        return False
+
+    monkeypatch.setattr(lmdb_builder, "_convert_chunk", _killing(lmdb_builder._convert_chunk, from_600_on_everything))
     out = tmp_path / "crashed"
     chunk = lmdb_builder.CHUNK
     first = splits.read_list(list_file)[order(700, True, 0)[600 // chunk * chunk]][0]  # of the chunk with 600
-    with pytest.raises(CaffeTransferError, match=r"worker \d died \(exit code -9, last words: decoder: out of its "
-                                                 rf"mind\) converting the {chunk} images from {first} on") as err:
+    with pytest.raises(CaffeTransferError, match=rf"worker \d died \(exit code -9, last words: decoder: out of its "
+                                                 rf"mind\) converting the {chunk} images from {first} on, and so did "
+                                                 r"a process for each of them alone, and one for \S+, which "
+                                                 r"converted before: not the images' fault; what was written is "
+                                                 r"kept, run again to go on$") as err:
         build(list_file, images, out, options, progress=False)
     assert "\n" not in str(err.value)
     env = lmdb.open(str(out / "lmdb.partial"), readonly=True, lock=False, max_dbs=2)
@@ -289,7 +348,7 @@ def test_a_dead_worker_is_an_error_not_a_hang_and_the_build_goes_on(encoded, tmp
     env.close()
     monkeypatch.undo()
     again = build(list_file, images, out, options, progress=False)
-    assert again.written == 700
+    assert (again.written, again.skipped) == (700, 0)  # none was taken for a bad image
     _assert_same(again.lmdb, again.mean, reference)
 
 
