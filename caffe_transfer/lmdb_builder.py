@@ -57,6 +57,7 @@ IN_SLOT = "in slot"  # a chunk's result whose pixel sum is in its shared-memory 
 STATE_DB = b"caffe-transfer-progress"
 INITIAL_MAP_SIZE = 1 << 30  # grown, by doubling, between transactions
 JPEG_QUALITY = 95  # what OpenCV's imencode (convert_imageset --encoded) uses
+STUCK_SECONDS = 300.0  # a worker longer on one chunk, or a process on one image, is taken as stuck
 
 
 @dataclass(frozen=True)
@@ -265,10 +266,11 @@ def _convert_chunk(chunk: list[tuple[int, str, int]], slot: int):
     return chunk[-1][0], records, total, mixed
 
 
-def _work(w: int, ahead: int, chunks: list, claims, conn, close: list, stderr: int, root: Path,
+def _work(w: int, ahead: int, chunks: list, claims, busy, conn, close: list, stderr: int, root: Path,
           options: BuildOptions, slots: _Slots | None) -> None:
     """Worker `w`: claim the next chunk, convert it into the next of its `ahead` slots, send the
-    result on its own pipe; before reusing a slot, wait until the parent is done with it."""
+    result on its own pipe; before reusing a slot, wait until the parent is done with it. While
+    converting, busy[w] holds when it began."""
     _start_child(close, stderr, root, options, slots)
     try:
         for j in itertools.count():
@@ -280,7 +282,10 @@ def _work(w: int, ahead: int, chunks: list, claims, conn, close: list, stderr: i
             if index >= len(chunks):
                 break
             slot = w * ahead + j % ahead
-            conn.send((index, slot, _convert_chunk(chunks[index], slot)))
+            busy[w] = time.monotonic()
+            result = _convert_chunk(chunks[index], slot)
+            busy[w] = 0.0
+            conn.send((index, slot, result))
         conn.send(None)  # finished, as opposed to dead
     except (EOFError, ConnectionError, KeyboardInterrupt):
         pass  # the parent is gone, or interrupted: nothing left to hand back
@@ -397,9 +402,10 @@ class _Workers:
     that what a decoder prints (libjpeg's warnings, or its last words) is tied to its image.
 
     Each worker has its own pipe, so a worker that dies (the OOM killer, or a decoder that
-    crashes on one bad file) is seen here, where multiprocessing.Pool would wait forever. Its
-    chunk is then converted again one image per process (`isolated`): an image whose process dies
-    too is skipped and reported like any unreadable one, the others are written, and a new worker
+    crashes on one bad file) is seen here, where multiprocessing.Pool would wait forever; one
+    stuck on a chunk for STUCK_SECONDS (a decoder in an endless loop) is killed. Its chunk is then
+    converted again one image per process (`isolated`): an image whose process dies or sticks too
+    is skipped and reported like any unreadable one, the others are written, and a new worker
     takes the dead one's place once its slots are free. Only when every image of the chunk, and
     an image that converted before, kill their processes is it not the images: an error."""
 
@@ -409,6 +415,8 @@ class _Workers:
         self.control = control  # an image known not to kill its process
         self.ctx = multiprocessing.get_context("fork")
         self.claims = self.ctx.Array("q", [-1] * workers + [0])
+        self.busy = self.ctx.RawArray("d", workers)  # when each worker began its chunk, or 0
+        self.stuck: set = set()  # workers killed for being stuck
         self.conns: list = [None] * workers
         self.procs: list = [None] * workers
         self.stderr: list = [None] * workers
@@ -419,9 +427,11 @@ class _Workers:
         parent_end, child_end = self.ctx.Pipe()
         stderr = tempfile.TemporaryFile()
         close = [conn for conn in self.conns if conn is not None] + [parent_end]
+        self.busy[w] = 0.0
+        self.stuck.discard(w)
         proc = self.ctx.Process(target=_work, name=f"make-lmdb-{w}", daemon=True,
-                                args=(w, self.ahead, self.chunks, self.claims, child_end, close, stderr.fileno(),
-                                      self.root, self.options, self.slots))
+                                args=(w, self.ahead, self.chunks, self.claims, self.busy, child_end, close,
+                                      stderr.fileno(), self.root, self.options, self.slots))
         try:
             proc.start()
         except BaseException:
@@ -449,7 +459,7 @@ class _Workers:
                         del dead[w]
                         self._start(w)
                         live[self.conns[w]] = w
-                for conn in multiprocessing.connection.wait(list(live)):
+                for conn in multiprocessing.connection.wait(list(live), timeout=STUCK_SECONDS / 10):
                     w = live[conn]
                     try:
                         message = conn.recv()
@@ -459,13 +469,18 @@ class _Workers:
                         k = self.claims[w]
                         dead[w] = k if index <= k < len(self.chunks) and k not in pending else None
                         if dead[w] is not None:
-                            lost[k] = (w, self._death(self.procs[w], self.stderr[w]))
+                            lost[k] = (w, self._death(self.procs[w], self.stderr[w], w in self.stuck))
                         continue
                     if message is None:
                         del live[conn]
                     else:
                         pending[message[0]] = (w, *message[1:])
                         owed[w] += 1
+                now = time.monotonic()
+                for w in live.values():
+                    if self.busy[w] and now - self.busy[w] > STUCK_SECONDS and w not in self.stuck:
+                        self.stuck.add(w)
+                        self.procs[w].kill()  # its EOF comes next: then it is a dead worker
             if index in lost:
                 yield from ((None, result) for result in self.isolated(index, *lost.pop(index)))
                 continue
@@ -502,25 +517,30 @@ class _Workers:
             proc = self.ctx.Process(target=_alone, name="make-lmdb-alone", daemon=True,
                                     args=(item, child_end, [*self.conns, parent_end], stderr.fileno(), self.root,
                                           self.options))
+            stuck = False
             try:
                 try:
                     proc.start()
                 finally:
                     child_end.close()
-                result = parent_end.recv()
+                stuck = not parent_end.poll(STUCK_SECONDS)
+                result = None if stuck else parent_end.recv()
             except EOFError:
                 result = None
             finally:
                 parent_end.close()
+            if stuck:
+                proc.kill()
             proc.join()
-            return result, "" if result else self._death(proc, stderr)
+            return result, "" if result else self._death(proc, stderr, stuck)
 
     @staticmethod
-    def _death(proc, stderr) -> str:
-        """How a dead process ended: its exit code, and its last line on stderr."""
+    def _death(proc, stderr, stuck: bool) -> str:
+        """How a dead process ended (its exit code, or stuck and killed), and its last line on stderr."""
         stderr.seek(max(0, stderr.seek(0, os.SEEK_END) - 4096))
         last = [line for line in stderr.read().decode(errors="replace").splitlines() if line.strip()][-1:]
-        return f"exit code {proc.exitcode}" + "".join(f", last words: {line.strip()}" for line in last)
+        return ((f"stuck for more than {STUCK_SECONDS:g} s, killed" if stuck else f"exit code {proc.exitcode}")
+                + "".join(f", last words: {line.strip()}" for line in last))
 
     def __enter__(self) -> _Workers:
         return self

@@ -304,6 +304,29 @@ def test_an_image_that_kills_its_worker_is_skipped_and_the_rest_written(encoded,
     np.testing.assert_array_equal(read_mean(result.mean), _mean_of(expected, pb2))
 
 
+def test_an_image_that_a_decoder_sticks_on_is_skipped(tmp_path, monkeypatch):
+    options = BuildOptions(resize=32)
+    list_file, images, reference = _with_reference(tmp_path, 400, (48, 36), options)
+    convert = lmdb_builder._convert_chunk
+
+    def stuck_on_300(chunk, slot):  # a decoder in an endless loop on one file
+        if any(p == 300 for p, _, _ in chunk):
+            os.write(2, b"decoder: going round in circles\n")
+            time.sleep(3600)
+        return convert(chunk, slot)
+
+    monkeypatch.setattr(lmdb_builder, "_convert_chunk", stuck_on_300)
+    monkeypatch.setattr(lmdb_builder, "STUCK_SECONDS", 1.0)
+    culprit = splits.read_list(list_file)[order(400, True, 0)[300]][0]
+    result = build(list_file, images, tmp_path / "out", options, progress=False)
+    assert (result.written, result.skipped) == (399, 1)
+    assert (tmp_path / "out" / "skipped.txt").read_text() == (
+        f"{culprit}\tthe decoder died on it (stuck for more than 1 s, killed, last words: decoder: going round in "
+        "circles)\n")
+    assert _contents(result.lmdb) == {key: value for key, value in _contents(reference.lmdb).items()
+                                      if not key.startswith(b"00000300_")}
+
+
 def test_a_worker_killed_once_costs_no_image(tmp_path, monkeypatch):
     options = BuildOptions(resize=32)
     list_file, images, reference = _with_reference(tmp_path, 700, (48, 36), options)
