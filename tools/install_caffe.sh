@@ -51,6 +51,20 @@ case "$CAFFE_CUDA" in
   *) die "CAFFE_CUDA=$CAFFE_CUDA: expected auto, 0 or 1" ;;
 esac
 [ "$CUDA" = 0 ] || command -v nvcc >/dev/null || die "CAFFE_CUDA=1 but nvcc is not on PATH"
+if [ "$CUDA" = 1 ]; then
+  # Each CUDA drops old GPUs (13.0 builds nothing below sm_75): keep the architectures this nvcc
+  # has, and say which are left out.
+  supported=" $(nvcc --list-gpu-arch 2>/dev/null | sed -n 's/^compute_//p' | tr '\n' ' ') "
+  if [ "$supported" != "  " ]; then
+    keep=() drop=()
+    for arch in $CUDA_ARCH_BIN; do
+      case "$supported" in *" ${arch%[a-z]} "*) keep+=("$arch") ;; *) drop+=("$arch") ;; esac
+    done
+    [ ${#keep[@]} -gt 0 ] || die "CUDA_ARCH_BIN=\"$CUDA_ARCH_BIN\": this nvcc builds none of them (it has:$supported)"
+    [ ${#drop[@]} = 0 ] || log "this nvcc cannot build for ${drop[*]}: left out of CUDA_ARCH_BIN"
+    CUDA_ARCH_BIN="${keep[*]}"
+  fi
+fi
 
 command -v "$PYTHON" >/dev/null || die "PYTHON=$PYTHON: no such interpreter"
 read -r PY_EXE PY_VER PY_INC PY_LIB NUMPY_VER < <("$PYTHON" - <<'PY'
@@ -61,7 +75,8 @@ except ImportError:
     sys.exit("[install_caffe] error: numpy is not installed for %s; pip install numpy first" % sys.executable)
 libdir = sysconfig.get_config_var("LIBDIR") or ""
 lib = os.path.join(libdir, sysconfig.get_config_var("LDLIBRARY") or "")
-print(os.path.realpath(sys.executable), "%d.%d" % sys.version_info[:2],
+# Not realpath: a venv's python resolves to the base interpreter, which lacks the venv's numpy.
+print(os.path.abspath(sys.executable), "%d.%d" % sys.version_info[:2],
       sysconfig.get_paths()["include"], lib, numpy.__version__)
 PY
 )
@@ -148,7 +163,15 @@ else
 fi
 log "building ($MODE, python $PY_VER, $JOBS jobs); this takes a few minutes"
 mkdir -p "$CAFFE_ROOT/build"
-(cd "$CAFFE_ROOT/build" && cmake "$SRC" "${cmake_args[@]}" > cmake.log 2>&1) \
+cmake_rc=0
+(cd "$CAFFE_ROOT/build" && cmake "$SRC" "${cmake_args[@]}" > cmake.log 2>&1) || cmake_rc=$?
+# Caffe's CMake leaves pycaffe out, with one line of notice, when it lacks a dependency (and
+# then fails on a target that needs it): name the missing piece.
+if grep -q "Python interface is disabled" "$CAFFE_ROOT/build/cmake.log"; then
+  grep -i -e "could not find" -e "no module named" "$CAFFE_ROOT/build/cmake.log" >&2 || true
+  die "cmake found no complete Python for pycaffe with $PY_EXE (log: $CAFFE_ROOT/build/cmake.log)"
+fi
+[ "$cmake_rc" = 0 ] \
   || { tail -n 30 "$CAFFE_ROOT/build/cmake.log" >&2; die "cmake failed (log: $CAFFE_ROOT/build/cmake.log)"; }
 (cd "$CAFFE_ROOT/build" && make -j"$JOBS" install > make.log 2>&1) \
   || { tail -n 30 "$CAFFE_ROOT/build/make.log" >&2; die "build failed (log: $CAFFE_ROOT/build/make.log)"; }
@@ -161,5 +184,5 @@ done
   || die "pycaffe was built but does not import with $PYTHON"
 
 echo "$STAMP_TEXT" > "$STAMP"
-rm -rf "$CAFFE_ROOT/build" "$SRC"
+rm -rf "$CAFFE_ROOT/build" "$SRC" "$CAFFE_ROOT"/caffe_*.orig.tar.*  # dpkg-source copies the tarball beside $SRC
 log "installed into $CAFFE_ROOT (bin/, lib/, lib/python3/dist-packages/caffe); mode $MODE"
