@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from google.protobuf import text_format
 
-from caffe_transfer import gen, protos
+from caffe_transfer import caffe_env, gen, protos
 from caffe_transfer.cli import cli
 from caffe_transfer.treatments import Kind, authors_grid, parse
 
@@ -220,3 +220,16 @@ def test_doctor_finds_real_caffe():
     result = CliRunner().invoke(cli, ["doctor"])
     assert result.exit_code == 0, result.output
     assert "caffe version 1.0.0" in result.output and "pycaffe" in result.output
+
+
+def test_doctor_passes_a_cuda_build_on_a_machine_without_gpus(tmp_path, monkeypatch):
+    """As in a docker build of the CUDA image: the install is whole, the GPU is the machine's."""
+    real = caffe_env.caffe_root()
+    for name in ("bin", "lib", "python"):
+        (tmp_path / name).symlink_to(real / name)
+    (tmp_path / ".caffe-transfer-build").write_text(caffe_env.build_stamp().replace("mode=cpu", "mode=cuda:90"))
+    monkeypatch.setenv("CAFFE_ROOT", str(tmp_path))
+    monkeypatch.setattr(caffe_env, "gpu_count", lambda: 0)
+    result = CliRunner().invoke(cli, ["doctor"])
+    assert result.exit_code == 0, result.output
+    assert "CUDA build, 0 GPU(s) visible" in result.output and "-> no GPU visible: train with --cpu" in result.output
