@@ -157,7 +157,9 @@ def doctor() -> list[Check]:
     gpus = gpu_count()
     if gpu_build:  # no GPU is the machine's state, not a gap in the install (a docker build sees none)
         checks.append(Check("mode", True, f"CUDA build, {gpus} GPU(s) visible",
-                            "" if gpus else "no GPU visible: train with --cpu, or check the driver"))
+                            "" if gpus else "no GPU visible: check the driver (docker run --gpus all); a CUDA "
+                                            "build cannot train without a GPU, even with --cpu (its data "
+                                            "threads call CUDA): CAFFE_CUDA=0 builds a CPU-only Caffe"))
     else:
         fix = ("GPUs are visible but Caffe is CPU-only: rebuild with CAFFE_CUDA=1 tools/install_caffe.sh"
                if gpus else "")

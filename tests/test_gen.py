@@ -232,4 +232,4 @@ def test_doctor_passes_a_cuda_build_on_a_machine_without_gpus(tmp_path, monkeypa
     monkeypatch.setattr(caffe_env, "gpu_count", lambda: 0)
     result = CliRunner().invoke(cli, ["doctor"])
     assert result.exit_code == 0, result.output
-    assert "CUDA build, 0 GPU(s) visible" in result.output and "-> no GPU visible: train with --cpu" in result.output
+    assert "CUDA build, 0 GPU(s) visible" in result.output and "-> no GPU visible: check the driver" in result.output
