@@ -266,8 +266,8 @@ def _convert_chunk(chunk: list[tuple[int, str, int]], slot: int):
     return chunk[-1][0], records, total, mixed
 
 
-def _work(w: int, ahead: int, chunks: list, claims, busy, conn, close: list, stderr: int, root: Path,
-          options: BuildOptions, slots: _Slots | None) -> None:
+def _work(w: int, ahead: int, chunks: list, claims, busy, root: Path, options: BuildOptions, slots: _Slots | None,
+          conn, close: list, stderr: int) -> None:
     """Worker `w`: claim the next chunk, convert it into the next of its `ahead` slots, send the
     result on its own pipe; before reusing a slot, wait until the parent is done with it. While
     converting, busy[w] holds when it began."""
@@ -291,7 +291,7 @@ def _work(w: int, ahead: int, chunks: list, claims, busy, conn, close: list, std
         pass  # the parent is gone, or interrupted: nothing left to hand back
 
 
-def _alone(item: tuple[int, str, int], conn, close: list, stderr: int, root: Path, options: BuildOptions) -> None:
+def _alone(item: tuple[int, str, int], root: Path, options: BuildOptions, conn, close: list, stderr: int) -> None:
     """Convert one image in a process of its own (see `_Workers.isolated`), without shared memory."""
     _start_child(close, stderr, root, options, None)
     conn.send(_convert_chunk([item], 0))
@@ -423,15 +423,14 @@ class _Workers:
         for w in range(workers):
             self._start(w)
 
-    def _start(self, w: int) -> None:
+    def _fork(self, target, name: str, *args):
+        """Start `target(*args, conn, close, stderr)` in a forked child: (the process, the parent's
+        end of its pipe, the file that is its stderr)."""
         parent_end, child_end = self.ctx.Pipe()
         stderr = tempfile.TemporaryFile()
         close = [conn for conn in self.conns if conn is not None] + [parent_end]
-        self.busy[w] = 0.0
-        self.stuck.discard(w)
-        proc = self.ctx.Process(target=_work, name=f"make-lmdb-{w}", daemon=True,
-                                args=(w, self.ahead, self.chunks, self.claims, self.busy, child_end, close,
-                                      stderr.fileno(), self.root, self.options, self.slots))
+        proc = self.ctx.Process(target=target, name=name, daemon=True,
+                                args=(*args, child_end, close, stderr.fileno()))
         try:
             proc.start()
         except BaseException:
@@ -440,9 +439,16 @@ class _Workers:
             raise
         finally:
             child_end.close()
+        return proc, parent_end, stderr
+
+    def _start(self, w: int) -> None:
+        self.busy[w] = 0.0
+        self.stuck.discard(w)
+        started = self._fork(_work, f"make-lmdb-{w}", w, self.ahead, self.chunks, self.claims, self.busy, self.root,
+                             self.options, self.slots)
         if self.stderr[w] is not None:
             self.stderr[w].close()
-        self.conns[w], self.procs[w], self.stderr[w] = parent_end, proc, stderr
+        self.procs[w], self.conns[w], self.stderr[w] = started
 
     def results(self):
         """(slot, result) of each chunk in list order, or (None, result) of each image of a chunk
@@ -512,17 +518,9 @@ class _Workers:
 
     def _alone(self, item: tuple[int, str, int]) -> tuple[tuple | None, str]:
         """`_convert_chunk([item])` in a process of its own: its result, or None and how it died."""
-        parent_end, child_end = self.ctx.Pipe(duplex=False)
-        with tempfile.TemporaryFile() as stderr:
-            proc = self.ctx.Process(target=_alone, name="make-lmdb-alone", daemon=True,
-                                    args=(item, child_end, [*self.conns, parent_end], stderr.fileno(), self.root,
-                                          self.options))
-            stuck = False
+        proc, parent_end, stderr = self._fork(_alone, "make-lmdb-alone", item, self.root, self.options)
+        with stderr:
             try:
-                try:
-                    proc.start()
-                finally:
-                    child_end.close()
                 stuck = not parent_end.poll(STUCK_SECONDS)
                 result = None if stuck else parent_end.recv()
             except EOFError:
