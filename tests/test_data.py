@@ -443,3 +443,4 @@ def test_lmdb_benchmark_runs_and_prints_ratios(tmp_path):
     out = subprocess.run([sys.executable, str(bench), "--count", "60", "--rounds", "1", "--workdir", str(tmp_path)],
                          capture_output=True, text=True, check=True).stdout
     assert "make-lmdb raw / convert_imageset:" in out and "decode+resize limit:" in out
+    assert "raw's writer alone caps it at" in out

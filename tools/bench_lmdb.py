@@ -7,6 +7,11 @@ list: (1) the limit, just decoding and resizing the JPEGs to 256x256 with all co
 --shuffle`. Each is measured in every round, one after the other, so that a slow spell of a shared
 machine hits all alike; reported are the median images/s per contender and the median of the
 per-round ratios that the project aims at (>= 2x convert_imageset, >= 85% of the limit).
+It also reports the CPU each contender used per image, in this process (make-lmdb's writer) and
+in its children (the decoders), and from them the most that raw make-lmdb can reach of the limit,
+on any number of cores, with its writer as it is and decoders no dearer than the limit's: the
+limit's CPU per image over the decoders' plus the writer's (the writer's CPU comes from the same
+cores).
 Usage: tools/bench_lmdb.py [--count N] [--rounds R] [--workdir DIR]
 """
 
@@ -69,13 +74,16 @@ def main() -> None:
         Path(p).read_bytes()
     cores = os.cpu_count() or 1
     rates: dict[str, list[float]] = {}
+    cpu: dict[str, list[tuple[float, float]]] = {}  # us per image: (this process, its children)
 
     def timed(name: str, run, out: Path | None = None) -> None:
         if out:  # every contender writes a fresh database
             shutil.rmtree(out, ignore_errors=True)
-        start = time.perf_counter()
+        before, start = os.times(), time.perf_counter()
         run()
         rates.setdefault(name, []).append(n / (time.perf_counter() - start))
+        used = [b - a for a, b in zip(before, os.times())]
+        cpu.setdefault(name, []).append(((used[0] + used[1]) / n * 1e6, (used[2] + used[3]) / n * 1e6))
 
     def limit() -> None:
         with multiprocessing.get_context("fork").Pool(cores, initializer=init_decoder) as pool:
@@ -104,6 +112,13 @@ def main() -> None:
     print(f"make-lmdb raw / convert_imageset:       {ratio('make-lmdb raw', 'convert_imageset'):.2f}x (goal >= 2x)")
     print(f"make-lmdb --encoded / convert_imageset: {ratio('make-lmdb --encoded', 'convert_imageset'):.2f}x")
     print(f"make-lmdb raw / decode+resize limit:    {ratio('make-lmdb raw', 'decode+resize limit'):.0%} (goal >= 85%)")
+    print("CPU per image (median us): in this process (the writer) + in its children (the decoders)")
+    medians = {name: [statistics.median(v[i] for v in values) for i in (0, 1)] for name, values in cpu.items()}
+    for name, (own, children) in medians.items():
+        print(f"  {name:22} {own:6.0f} + {children:6.0f}")
+    pool, writer = medians["decode+resize limit"], medians["make-lmdb raw"][0]
+    print(f"raw's writer alone caps it at {sum(pool) / (pool[1] + writer):.0%} of the limit "
+          "(the limit's CPU / (the limit's decoders + raw's writer))")
     if not args.workdir:
         shutil.rmtree(work)
 
