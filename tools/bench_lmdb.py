@@ -112,7 +112,7 @@ def main() -> None:
     print(f"make-lmdb raw / convert_imageset:       {ratio('make-lmdb raw', 'convert_imageset'):.2f}x (goal >= 2x)")
     print(f"make-lmdb --encoded / convert_imageset: {ratio('make-lmdb --encoded', 'convert_imageset'):.2f}x")
     print(f"make-lmdb raw / decode+resize limit:    {ratio('make-lmdb raw', 'decode+resize limit'):.0%} (goal >= 85%)")
-    print("CPU per image (median us): in this process (the writer) + in its children (the decoders)")
+    print("CPU per image (median us): in this process (make-lmdb's writer, the pool's dispatch) + in its children")
     medians = {name: [statistics.median(v[i] for v in values) for i in (0, 1)] for name, values in cpu.items()}
     for name, (own, children) in medians.items():
         print(f"  {name:22} {own:6.0f} + {children:6.0f}")
