@@ -21,7 +21,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["caffe_transfer", "caffe_transfer.*"]),
-    package_data={"caffe_transfer": ["paper_numbers.json"]},
+    package_data={"caffe_transfer.results": ["paper_numbers.json"]},
     data_files=_data_files("templates") + _data_files("splits"),
     install_requires=[
         "click>=8.1",

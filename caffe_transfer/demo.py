@@ -21,14 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import write_atomic
-from .errors import CaffeTransferError
-from .gen import GenOptions, write_runs
-from .lists import write_whole_lists
-from .lmdb_builder import BuildOptions, build
-from .scheduler import GridResult, run_grid
-from .splits import random_halves, split_datasets, write_splits
-from .treatments import N_TRANSFERABLE, Kind, Treatment
+from caffe_transfer.common.atomic import write_atomic
+from caffe_transfer.common.errors import CaffeTransferError
+from caffe_transfer.data.lists import write_whole_lists
+from caffe_transfer.data.lmdb_builder import BuildOptions, build
+from caffe_transfer.data.splits import random_halves, split_datasets, write_splits
+from caffe_transfer.grid.scheduler import GridResult, run_grid
+from caffe_transfer.model.treatments import N_TRANSFERABLE, Kind, Treatment
+from caffe_transfer.runs.gen import GenOptions, write_runs
 
 FASHION_MNIST = Path(os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 PACKAGE = "dataset-fashion-mnist"
@@ -188,8 +188,8 @@ def run_demo(out: str | Path, preset_name: str = "standard", workers: int | None
     result = run_grid(run_dirs, workers=workers or os.cpu_count() or 1, progress=progress)
     report = out / "report"
     if not result.interrupted:
-        from .findings import write_findings
-        from .report import write_report
+        from caffe_transfer.results.findings import write_findings
+        from caffe_transfer.results.report import write_report
 
         summary = write_report(out / "runs", report, report / "numbers.json",
                                natman_title="Garments / footwear-and-bags split", compare=False,

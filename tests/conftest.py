@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from caffe_transfer import caffe_env
+from caffe_transfer.common import caffe_env
 
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE = Path(os.environ.get("CAFFE_TRANSFER_REFERENCE", REPO.parent / "shared" / "reference"))

@@ -17,10 +17,18 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from caffe_transfer import caffe_env, lmdb_builder, splits
 from caffe_transfer.cli import cli
-from caffe_transfer.errors import CaffeTransferError
-from caffe_transfer.lmdb_builder import BuildOptions, build, datum_parts, load_image, order, read_mean
+from caffe_transfer.common import caffe_env
+from caffe_transfer.common.errors import CaffeTransferError
+from caffe_transfer.data import lmdb_builder, splits
+from caffe_transfer.data.lmdb_builder import (
+    BuildOptions,
+    build,
+    datum_parts,
+    load_image,
+    order,
+    read_mean,
+)
 
 HALF0A_VALID_MD5 = "2f10009e20d77eb7007cf70674958b94"  # published by the authors
 

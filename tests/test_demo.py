@@ -13,16 +13,16 @@ import time
 from pathlib import Path
 
 import pytest
+from caffe_transfer.conftest import make_data_root
 
-from caffe_transfer import demo, logs
-from caffe_transfer.caffe_env import caffe_pb2
-from caffe_transfer.gen import GenOptions, write_runs
-from caffe_transfer.runs import Run
-from caffe_transfer.scheduler import run_grid
-from caffe_transfer.train import HEADER
-from caffe_transfer.treatments import Kind, parse
-
-from .conftest import make_data_root
+from caffe_transfer import demo
+from caffe_transfer.common.caffe_env import caffe_pb2
+from caffe_transfer.grid.scheduler import run_grid
+from caffe_transfer.model.treatments import Kind, parse
+from caffe_transfer.runs import logs
+from caffe_transfer.runs.folder import Run
+from caffe_transfer.runs.gen import GenOptions, write_runs
+from caffe_transfer.runs.train import HEADER
 
 CLI = str(Path(sys.executable).parent / "caffe-transfer")
 

@@ -11,8 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from .conftest import REPO
+from caffe_transfer.conftest import REPO
 
 
 def _hadolint() -> str:

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from caffe_transfer.conftest import make_data_root
 from click.testing import CliRunner
 from google.protobuf import text_format
 
-from caffe_transfer import caffe_env, gen, protos
 from caffe_transfer.cli import cli
-from caffe_transfer.treatments import Kind, authors_grid, parse
-
-from .conftest import make_data_root
+from caffe_transfer.common import caffe_env, protos
+from caffe_transfer.model.treatments import Kind, authors_grid, parse
+from caffe_transfer.runs import gen
 
 GRID = authors_grid()
 DATASETS = {d for t in GRID for d in (t.train_set, t.val_set, t.mean_set)}

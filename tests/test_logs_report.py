@@ -12,13 +12,14 @@ import types
 from pathlib import Path
 
 import pytest
+from caffe_transfer.conftest import make_data_root
 from click.testing import CliRunner
 
-from caffe_transfer import caffe_env, gen, logs, report
 from caffe_transfer.cli import cli
-from caffe_transfer.treatments import parse
-
-from .conftest import make_data_root
+from caffe_transfer.common import caffe_env
+from caffe_transfer.model.treatments import parse
+from caffe_transfer.results import report
+from caffe_transfer.runs import gen, logs
 
 
 # --- the authors' logs ------------------------------------------------------------------------

@@ -10,15 +10,14 @@ import time
 from pathlib import Path
 
 import pytest
+from caffe_transfer.conftest import natman_plan
 from click.testing import CliRunner
 
-from caffe_transfer import plan
 from caffe_transfer.cli import cli
-from caffe_transfer.runs import Run
-from caffe_transfer.train import HEADER
-from caffe_transfer.treatments import authors_grid
-
-from .conftest import natman_plan
+from caffe_transfer.grid import plan
+from caffe_transfer.model.treatments import authors_grid
+from caffe_transfer.runs.folder import Run
+from caffe_transfer.runs.train import HEADER
 
 CLI = str(Path(sys.executable).parent / "caffe-transfer")
 

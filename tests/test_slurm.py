@@ -10,13 +10,12 @@ import subprocess
 import time
 
 import pytest
+from caffe_transfer.conftest import REPO, natman_plan
 
-from caffe_transfer import logs
-from caffe_transfer.plan import read_plan
-from caffe_transfer.runs import Run
-from caffe_transfer.train import HEADER
-
-from .conftest import REPO, natman_plan
+from caffe_transfer.grid.plan import read_plan
+from caffe_transfer.runs import logs
+from caffe_transfer.runs.folder import Run
+from caffe_transfer.runs.train import HEADER
 
 LOCAL = REPO / "tools" / "slurm_local.sh"
 

@@ -21,15 +21,16 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from caffe_transfer import caffe_env, logs
 from caffe_transfer.cli import cli
-from caffe_transfer.errors import CaffeTransferError
-from caffe_transfer.gen import GenOptions, write_runs
-from caffe_transfer.lmdb_builder import BuildOptions, build
-from caffe_transfer.runs import Run
-from caffe_transfer.surgery import checksum, read_caffemodel, transplant
-from caffe_transfer.train import start, train
-from caffe_transfer.treatments import parse
+from caffe_transfer.common import caffe_env
+from caffe_transfer.common.errors import CaffeTransferError
+from caffe_transfer.data.lmdb_builder import BuildOptions, build
+from caffe_transfer.model.treatments import parse
+from caffe_transfer.runs import logs
+from caffe_transfer.runs.folder import Run
+from caffe_transfer.runs.gen import GenOptions, write_runs
+from caffe_transfer.runs.train import start, train
+from caffe_transfer.runs.transplant import checksum, read_caffemodel, transplant
 
 CLASSES = 4  # per half
 SOLVER = {"max_iter": 80, "snapshot": 40, "test_interval": 40, "test_iter": 2, "display": 10,

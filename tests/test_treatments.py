@@ -2,8 +2,9 @@
 
 import pytest
 
-from caffe_transfer.errors import CaffeTransferError
-from caffe_transfer.treatments import Kind, REDUCED_PER_CLASS, authors_grid, parse
+from caffe_transfer.common.errors import CaffeTransferError
+from caffe_transfer.data.splits import REDUCED_PER_CLASS
+from caffe_transfer.model.treatments import Kind, authors_grid, parse
 
 WEIGHT_LAYERS = ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"]
 

@@ -28,8 +28,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from caffe_transfer import caffe_env
-from caffe_transfer.lmdb_builder import BuildOptions, build, init_decoder, load_image
+from caffe_transfer.common import caffe_env
+from caffe_transfer.data.lmdb_builder import (
+    BuildOptions,
+    build,
+    init_decoder,
+    load_image,
+)
 
 
 def make_images(root: Path, count: int) -> Path:

@@ -9,7 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from caffe_transfer import logs, report
+from caffe_transfer.results import report
+from caffe_transfer.runs import logs
 
 DEFAULT = Path(__file__).resolve().parent.parent.parent / "shared/reference/convnet_transfer/results"
 

@@ -7,8 +7,8 @@ lower rate. Smaller schedules (the demo's) are these values with overrides.
 
 from __future__ import annotations
 
-from .architectures import ProtoEnum
-from .errors import CaffeTransferError
+from caffe_transfer.common.errors import CaffeTransferError
+from caffe_transfer.model.architectures import ProtoEnum
 
 PAPER = {
     "test_iter": 1000,

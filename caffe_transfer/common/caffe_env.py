@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CaffeTransferError
+from caffe_transfer.common.errors import CaffeTransferError
 
 DEFAULT_ROOT = Path("/opt/caffe")
 PYCAFFE_SUBDIR = Path("lib/python3/dist-packages")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .atomic import write_atomic
+from caffe_transfer.common.atomic import write_atomic
 
 NOISE = 0.01
 

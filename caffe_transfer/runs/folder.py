@@ -18,11 +18,11 @@ from pathlib import Path
 from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 
-from .architectures import architecture
-from .atomic import write_atomic
-from .caffe_env import caffe_pb2
-from .errors import CaffeTransferError
-from .treatments import LayerRole, Treatment, parse
+from caffe_transfer.common.atomic import write_atomic
+from caffe_transfer.common.caffe_env import caffe_pb2
+from caffe_transfer.common.errors import CaffeTransferError
+from caffe_transfer.model.architectures import architecture
+from caffe_transfer.model.treatments import LayerRole, Treatment, parse
 
 DESCRIPTION = "treatment.json"
 SOLVER = "solver.prototxt"

@@ -17,13 +17,13 @@ from operator import attrgetter
 from pathlib import Path
 from typing import Callable, Hashable, TypeVar
 
-from . import __version__
-from .atomic import write_atomic
-from .errors import CaffeTransferError
-from .gen import GenOptions, write_runs
-from .solvers import solver_values
-from .splits import SPLIT_IDS
-from .treatments import Kind, Treatment, authors_grid, parse
+from caffe_transfer.common.atomic import write_atomic
+from caffe_transfer.common.errors import CaffeTransferError
+from caffe_transfer.common.version import __version__
+from caffe_transfer.data.splits import SPLIT_IDS
+from caffe_transfer.model.solvers import solver_values
+from caffe_transfer.model.treatments import Kind, Treatment, authors_grid, parse
+from caffe_transfer.runs.gen import GenOptions, write_runs
 
 T = TypeVar("T")
 PLAN = "plan.json"
@@ -139,8 +139,8 @@ def read_plan(plan_dir: str | Path) -> list[PlanRun]:
 def states(plan_dir: str | Path) -> list[dict]:
     """Each run of a plan with its state: done (score), running (iteration, latest accuracy),
     failed (the error), stopped (resumable), waiting (for its base) or ready."""
-    from . import logs
-    from .runs import Run
+    from caffe_transfer.runs import logs
+    from caffe_transfer.runs.folder import Run
 
     plan_dir = Path(plan_dir)
     runs = read_plan(plan_dir)

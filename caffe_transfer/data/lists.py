@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .atomic import write_atomic
-from .errors import CaffeTransferError
+from caffe_transfer.common.atomic import write_atomic
+from caffe_transfer.common.errors import CaffeTransferError
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".ppm", ".pgm", ".webp", ".tif", ".tiff")
 

@@ -42,10 +42,10 @@ import cv2
 import lmdb
 import numpy as np
 
-from .atomic import write_atomic
-from .caffe_env import caffe_pb2
-from .errors import CaffeTransferError
-from .splits import read_list
+from caffe_transfer.common.atomic import write_atomic
+from caffe_transfer.common.caffe_env import caffe_pb2
+from caffe_transfer.common.errors import CaffeTransferError
+from caffe_transfer.data.splits import read_list
 
 DEFAULT_SIZE = 256
 DEFAULT_SEED = 0

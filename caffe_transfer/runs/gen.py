@@ -19,13 +19,18 @@ from pathlib import Path
 
 import jinja2
 
-from . import __version__
-from .atomic import write_atomic
-from .architectures import Architecture, ProtoEnum, architecture, default_fc8_outputs
-from .errors import CaffeTransferError
-from .solvers import solver_values
-from .splits import IMAGENET_CLASSES, half_classes
-from .treatments import Kind, Treatment
+from caffe_transfer.common.atomic import write_atomic
+from caffe_transfer.common.errors import CaffeTransferError
+from caffe_transfer.common.version import __version__
+from caffe_transfer.data.splits import IMAGENET_CLASSES, half_classes
+from caffe_transfer.model.architectures import (
+    Architecture,
+    ProtoEnum,
+    architecture,
+    default_fc8_outputs,
+)
+from caffe_transfer.model.solvers import solver_values
+from caffe_transfer.model.treatments import Kind, Treatment
 
 TRAINABLE = [{"lr_mult": 1, "decay_mult": 1}, {"lr_mult": 2, "decay_mult": 0}]
 FROZEN = [{"lr_mult": 0, "decay_mult": 0}, {"lr_mult": 0, "decay_mult": 0}]
@@ -141,7 +146,7 @@ def train_val_layers(treatment: Treatment, arch: Architecture, options: GenOptio
 
 def input_channels(mean_file: Path) -> int:
     """Channels of the net's input: the mean's where it exists already (1 for grey data), else 3."""
-    from .lmdb_builder import read_mean
+    from caffe_transfer.data.lmdb_builder import read_mean
 
     return read_mean(mean_file).shape[0] if Path(mean_file).is_file() else 3
 
@@ -164,7 +169,7 @@ def final_snapshot(run_dir: Path, treatment: Treatment, max_iter: int) -> Path:
 
 
 def jinja_environment() -> jinja2.Environment:
-    from .resources import resource_dir
+    from caffe_transfer.common.resources import resource_dir
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(resource_dir("templates")),
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True)

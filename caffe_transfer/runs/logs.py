@@ -31,8 +31,8 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .atomic import write_atomic
-from .errors import CaffeTransferError
+from caffe_transfer.common.atomic import write_atomic
+from caffe_transfer.common.errors import CaffeTransferError
 
 TOP_K = 10
 STUB_BYTES = 200

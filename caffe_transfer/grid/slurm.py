@@ -14,10 +14,10 @@ import shutil
 import sys
 from pathlib import Path
 
-from . import __version__
-from .atomic import write_atomic
-from .gen import jinja_environment
-from .plan import PlanRun, priority_order
+from caffe_transfer.common.atomic import write_atomic
+from caffe_transfer.common.version import __version__
+from caffe_transfer.grid.plan import PlanRun, priority_order
+from caffe_transfer.runs.gen import jinja_environment
 
 FOLDER = "slurm"
 

@@ -20,11 +20,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .errors import CaffeTransferError
-from .plan import priority_order
-from .runs import Run
-from .train import train
-
+from caffe_transfer.common.errors import CaffeTransferError
+from caffe_transfer.grid.plan import priority_order
+from caffe_transfer.runs.folder import Run
+from caffe_transfer.runs.train import train
 
 DONE = ("finished", "already finished")
 

@@ -21,11 +21,12 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import logs
-from .atomic import write_atomic
-from .errors import CaffeTransferError
-from .solvers import solver_values
-from .treatments import N_TRANSFERABLE, REDUCED_PER_CLASS, Kind, Treatment, parse
+from caffe_transfer.common.atomic import write_atomic
+from caffe_transfer.common.errors import CaffeTransferError
+from caffe_transfer.data.splits import REDUCED_PER_CLASS
+from caffe_transfer.model.solvers import solver_values
+from caffe_transfer.model.treatments import N_TRANSFERABLE, Kind, Treatment, parse
+from caffe_transfer.runs import logs
 
 METRIC = "mean of the 10 highest val top-1 accuracies over all test evaluations (logs merged by iteration, later file winning)"
 FAMILIES = ("BnB", "AnB", "BnB+", "AnB+")
@@ -269,7 +270,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path, json_path: str | 
                                                    for r in incomplete], ["name", "problems"]))
     write_atomic(out_dir / "report.txt", text_report(summary, comparison, incomplete, unknown))
     if figures:
-        from .plots import write_figures
+        from caffe_transfer.results.plots import write_figures
 
         write_figures(summary, out_dir)
     text = json.dumps(summary, indent=1) + "\n"

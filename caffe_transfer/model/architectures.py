@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .errors import CaffeTransferError
+from caffe_transfer.common.errors import CaffeTransferError
 
 
 class ProtoEnum(str):

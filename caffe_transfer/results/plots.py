@@ -15,7 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .atomic import write_atomic  # noqa: E402
+from caffe_transfer.common.atomic import write_atomic  # noqa: E402
 
 STYLE = {  # family: (label, marker, face colour, x offset)
     "base": ("baseB", "o", "white", 0.0),

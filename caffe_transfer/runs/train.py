@@ -26,11 +26,11 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from . import logs
-from .caffe_env import cuda_build, tool
-from .errors import CaffeTransferError
-from .runs import Run
-from .treatments import Kind
+from caffe_transfer.common.caffe_env import cuda_build, tool
+from caffe_transfer.common.errors import CaffeTransferError
+from caffe_transfer.model.treatments import Kind
+from caffe_transfer.runs import logs
+from caffe_transfer.runs.folder import Run
 
 HEADER = "==> caffe-transfer train"  # starts the line written before each session in train.log
 STOPPED_EARLY = "Optimization stopped early."  # Caffe, after a SIGINT and its snapshot
@@ -64,7 +64,7 @@ def start(run: Run) -> Start:
                      f"resuming from {state.name}")
     if run.treatment.kind in (Kind.TRANSFER, Kind.RANDOM):
         if not run.init_weights.is_file():
-            from .surgery import transplant
+            from caffe_transfer.runs.transplant import transplant
 
             transplant(run.dir)
         return Start(["-weights", run.init_weights.name], 0, f"starting from {run.init_weights.name}")

@@ -13,12 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CaffeTransferError
-from .resources import resource_dir
+from caffe_transfer.common.errors import CaffeTransferError
+from caffe_transfer.common.resources import resource_dir
 
 SPLIT_IDS = ("0", "1", "2", "3", "natman")
 HALVES = ("A", "B")
 IMAGENET_CLASSES = 1000
+# Images per class of the reduced-data experiment (the paper's Figure 3, bottom right).
+REDUCED_PER_CLASS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 750, 1000, 1300)
 
 
 def random_halves(seed: int, num_classes: int = IMAGENET_CLASSES) -> tuple[list[int], list[int]]:
@@ -108,8 +110,7 @@ def write_splits(whole_list: str | Path, subset: str, out_dir: str | Path,
 
     Default: the 4 random halves and the natural/man-made halves, and for train the reduced
     sets. `custom` maps dataset names to class-index sets instead (e.g. the demo's halves)."""
-    from .atomic import write_atomic
-    from .treatments import REDUCED_PER_CLASS
+    from caffe_transfer.common.atomic import write_atomic
 
     if subset not in SUBSETS:
         raise CaffeTransferError(f"subset {subset!r}: expected one of {', '.join(SUBSETS)}")

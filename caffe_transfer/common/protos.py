@@ -14,8 +14,8 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
-from .caffe_env import caffe_pb2, run_tool
-from .errors import CaffeTransferError
+from caffe_transfer.common.caffe_env import caffe_pb2, run_tool
+from caffe_transfer.common.errors import CaffeTransferError
 
 
 def _parse(path: Path, message):

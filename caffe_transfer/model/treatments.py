@@ -21,11 +21,10 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 
-from .errors import CaffeTransferError
-from .splits import HALVES, SPLIT_IDS
+from caffe_transfer.common.errors import CaffeTransferError
+from caffe_transfer.data.splits import HALVES, REDUCED_PER_CLASS, SPLIT_IDS
 
 N_TRANSFERABLE = 7  # conv1..conv5, fc6, fc7; fc8 is always re-initialised
-REDUCED_PER_CLASS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 750, 1000, 1300)
 
 
 class Kind(str, Enum):

@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from .atomic import write_atomic
-from .caffe_env import caffe_pb2, pycaffe
-from .errors import CaffeTransferError
-from .runs import Run
-from .treatments import Kind
+from caffe_transfer.common.atomic import write_atomic
+from caffe_transfer.common.caffe_env import caffe_pb2, pycaffe
+from caffe_transfer.common.errors import CaffeTransferError
+from caffe_transfer.model.treatments import Kind
+from caffe_transfer.runs.folder import Run
 
 RECORD = "transplant.json"
 DEPLOY = "deploy.prototxt"

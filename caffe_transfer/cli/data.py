@@ -1,0 +1,94 @@
+"""Data commands: the paper's class splits, whole lists from an image tree, LMDBs and means."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from caffe_transfer.common.errors import CaffeTransferError
+
+
+@click.command()
+@click.option("--whole-list", required=False, type=click.Path(path_type=Path),
+              help="The whole list (`PATH LABEL` per line, ILSVRC2012 class indices).")
+@click.option("--subset", type=click.Choice(["train", "valid"]), help="Which subset the whole list is.")
+@click.option("--out", "-o", type=click.Path(path_type=Path), help="Folder for the list folders.")
+@click.option("--classes", "class_sets", multiple=True, metavar="NAME=FILE",
+              help="Custom halves instead of the paper's: a dataset name and a file of class indices "
+                   "or wnids (repeatable), e.g. --classes mysplitA=a.txt --classes mysplitB=b.txt.")
+@click.option("--num-classes", default=1000, show_default=True, help="Classes in the whole list.")
+@click.option("--check", "check_dir", type=click.Path(path_type=Path),
+              help="Verify a folder of lists instead: disjoint halves, complete cover, labels 0..K-1.")
+def splits(whole_list, subset, out, class_sets, num_classes, check_dir) -> None:
+    """Write the paper's class-split lists, byte-identical to the authors'.
+
+    The 4 random A/B halves, natural/man-made and (for train) the reduced sets; or --check a
+    folder of lists."""
+    from caffe_transfer.data.splits import check_lists, read_class_set, write_splits
+
+    if check_dir:
+        problems = check_lists(check_dir)
+        for p in problems:
+            click.echo(f"problem: {p}")
+        if problems:
+            raise SystemExit(1)
+        click.echo(f"{check_dir}: lists are consistent")
+        return
+    if not (whole_list and subset and out):
+        raise CaffeTransferError("splits needs --whole-list FILE --subset train|valid --out DIR (or --check DIR)")
+    custom = None
+    if class_sets:
+        custom = {}
+        for item in class_sets:
+            name, sep, path = item.partition("=")
+            if not sep:
+                raise CaffeTransferError(f"--classes {item!r}: expected NAME=FILE")
+            custom[name] = read_class_set(path)
+    folders = write_splits(whole_list, subset, out, custom=custom, num_classes=num_classes)
+    click.echo(f"wrote {len(folders)} list folders under {out}: {', '.join(f.name for f in folders)}")
+
+
+@click.command()
+@click.option("--train-dir", required=True, type=click.Path(path_type=Path), help="Tree of CLASS/IMAGE.")
+@click.option("--val-dir", type=click.Path(path_type=Path), help="Val images: CLASS/IMAGE, or flat with --val-labels.")
+@click.option("--val-labels", type=click.Path(path_type=Path),
+              help="Label file for a flat val folder: `NAME LABEL`, `NAME WNID`, or one label per line.")
+@click.option("--out", "-o", default=".", show_default=True, type=click.Path(path_type=Path))
+def lists(train_dir, val_dir, val_labels, out) -> None:
+    """Write whole_train.txt and whole_valid.txt from an image tree (classes in sorted order)."""
+    from caffe_transfer.data.lists import write_whole_lists
+
+    for path in write_whole_lists(train_dir, val_dir, out, val_labels):
+        click.echo(f"wrote {path} ({sum(1 for _ in path.open())} images)")
+
+
+@click.command("make-lmdb")
+@click.argument("list_file", type=click.Path(path_type=Path))
+@click.argument("image_root", type=click.Path(path_type=Path))
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.option("--resize", default=256, show_default=True, help="Resize to N x N (0 keeps sizes).")
+@click.option("--encoded", is_flag=True, help="Store JPEG bytes instead of raw pixels (about 8x smaller).")
+@click.option("--gray", is_flag=True, help="One grey channel instead of BGR.")
+@click.option("--no-shuffle", is_flag=True, help="Keep the list order (default: shuffle with --seed).")
+@click.option("--seed", default=0, show_default=True, help="Shuffle seed.")
+@click.option("--workers", type=click.IntRange(min=1), help="Decoding processes (default: all cores).")
+@click.option("--force", is_flag=True, help="Rebuild a complete LMDB.")
+def make_lmdb(list_file, image_root, out_dir, resize, encoded, gray, no_shuffle, seed, workers, force) -> None:
+    """Build an LMDB and its mean image from a list (resumable, parallel).
+
+    Writes OUT_DIR/lmdb and OUT_DIR/mean.binaryproto as convert_imageset and compute_image_mean
+    would, with a progress bar; a killed build continues where it stopped."""
+    from caffe_transfer.data.lmdb_builder import BuildOptions, build
+
+    options = BuildOptions(resize=resize, shuffle=not no_shuffle, seed=seed, encoded=encoded,
+                           workers=workers, gray=gray)
+    result = build(list_file, image_root, out_dir, options, force=force)
+    if result.already_complete:
+        click.echo(f"{result.lmdb} is already complete ({result.written} images); --force rebuilds it")
+        return
+    rate = result.written / result.seconds if result.seconds else 0
+    warned = f"; {result.warned} with decoder warnings (see {out_dir / 'warnings.txt'})" if result.warned else ""
+    click.echo(f"wrote {result.written} images to {result.lmdb} in {result.seconds:.1f} s ({rate:.0f} images/s); "
+               f"skipped {result.skipped} (see {out_dir / 'skipped.txt'}){warned}; "
+               f"mean: {result.mean or 'none (mixed sizes)'}")

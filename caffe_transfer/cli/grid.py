@@ -1,0 +1,137 @@
+"""Grid commands: plans (with SLURM job arrays), training a whole plan, its status, the demo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from caffe_transfer.cli.options import csv_list, gen_options, net_options
+from caffe_transfer.common.errors import CaffeTransferError
+
+
+def report_grid(result, when: str = "") -> None:
+    """How many runs of a grid trained, what happened to the others; exit 130 when a signal
+    stopped it (run the command again to continue)."""
+    from caffe_transfer.grid.scheduler import DONE
+
+    click.echo(f"{result.trained}/{len(result.outcomes)} runs trained {when}".rstrip())
+    for outcome in result.outcomes.values():
+        if outcome.status not in (*DONE, "not started"):
+            click.echo(f"  {outcome.name}: {outcome.status} {outcome.error}".rstrip())
+    if result.interrupted:
+        click.echo("stopped; run the same command again to continue")
+        raise SystemExit(130)
+
+
+@click.command()
+@click.option("--out", "-o", default="demo", show_default=True, type=click.Path(path_type=Path),
+              help="Folder for data, runs and report (run again to continue).")
+@click.option("--preset", default="standard", show_default=True, type=click.Choice(["quick", "standard"]),
+              help="standard: the grid in about 15 minutes on 2 cores; quick: a 2-minute smoke run.")
+@click.option("--workers", type=click.IntRange(min=1), help="Runs trained at once (default: one per core).")
+def demo(out, preset, workers) -> None:
+    """The scaled-down reproduction on Fashion-MNIST, CPU only: data, grid, training, report.
+
+    Bases, BnB, BnB+, AnB, AnB+ for n = 1..7 (standard also: a dissimilar split and the
+    random-frozen nets), then Figure 2, Table 1 and findings.md in OUT/report."""
+    from caffe_transfer.demo import run_demo
+
+    result = run_demo(out, preset, workers=workers)
+    report_grid(result.grid, f"in {result.seconds / 60:.1f} min")
+    click.echo((result.report / "findings.md").read_text(), nl=False)
+    click.echo(f"report: {result.report}/ (figure2.png, table1.csv, findings.md, report.txt)")
+    if not result.grid.complete:
+        raise SystemExit(1)
+
+
+@click.command()
+@click.option("--experiments", default="all", show_default=True,
+              help="Comma-separated: random, natman, nolearn, reduced, netbase, or all.")
+@click.option("--splits", default="0,1,2,3", show_default=True, help="Random splits of the random experiment.")
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Plan folder (one run folder per net).")
+@net_options
+@click.option("--iter-seconds", type=click.FloatRange(min=0, min_open=True),
+              help="Seconds per iteration, for the cost estimate.")
+@click.option("--gpus", "gpu_count", type=click.IntRange(min=1), default=1, show_default=True,
+              help="GPUs for the wall-clock estimate.")
+@click.option("--scheduler", type=click.Choice(["none", "slurm"]), default="none", show_default=True,
+              help="slurm: also write job arrays and submit.sh under OUT/slurm.")
+@click.option("--cpus-per-task", default=1, show_default=True, help="SLURM: CPUs per run (OpenBLAS threads).")
+@click.option("--grace", default=120, show_default=True,
+              help="SLURM: seconds before the time limit at which a run snapshots and requeues.")
+@click.option("--sbatch-arg", "sbatch_args", multiple=True, metavar="ARG",
+              help="SLURM: an extra #SBATCH line, e.g. --sbatch-arg=--partition=gpu (repeatable).")
+@click.option("--force", is_flag=True, help="Overwrite run folders that already hold snapshots.")
+def plan(experiments, splits, out, arch, data_root, backend, fc8_outputs, cpu, solver, iter_seconds, gpu_count,
+         scheduler, cpus_per_task, grace, sbatch_args, force) -> None:
+    """Write the run folders of (part of) the grid and plan.json, the dependency graph.
+
+    Prints the number of runs, the critical path and, with --iter-seconds, GPU-hours and
+    wall-clock time on --gpus GPUs."""
+    from caffe_transfer.grid import plan as plan_mod
+
+    treatments = plan_mod.select(csv_list(experiments), csv_list(splits))
+    options = gen_options(arch, data_root, backend, fc8_outputs, cpu, solver)
+    path = plan_mod.write_plan(out, treatments, options, force=force)
+    runs = plan_mod.read_plan(out)
+    bases = sum(1 for r in runs if any(o.base == r.name for o in runs))
+    click.echo(f"wrote {len(runs)} run folders and {path}: {bases} bases with dependants, "
+               f"{sum(1 for r in runs if r.base)} transfers, {sum(r.max_iter for r in runs):,} iterations in all")
+    click.echo(f"critical path: {' -> '.join(plan_mod.critical_path(runs))}")
+    if scheduler == "slurm":
+        from caffe_transfer.grid.slurm import write_slurm
+
+        submit = write_slurm(out, runs, gpu=not cpu, cpus=cpus_per_task, grace=grace, sbatch_args=sbatch_args)
+        click.echo(f"wrote SLURM job arrays; submit them with {submit}")
+    if iter_seconds:
+        e = plan_mod.estimate(runs, iter_seconds, gpu_count)
+        click.echo(f"at {iter_seconds} s/iteration: {e['gpu_hours']:,.0f} GPU-hours ({e['gpu_hours'] / 24:,.1f} GPU-days); "
+                   f"on {gpu_count} GPU(s) {e['wall_hours']:,.0f} h wall-clock "
+                   f"(critical path {e['critical_path_hours']:,.0f} h)")
+
+
+@click.command("run-all")
+@click.argument("plan_dir", type=click.Path(path_type=Path))
+@click.option("--gpus", help="Comma-separated GPU ids, one run per GPU, e.g. 0,1,2,3.")
+@click.option("--cpu-workers", type=click.IntRange(min=1), help="Runs at once on the CPU instead (default: 1).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def run_all(plan_dir, gpus, cpu_workers, quiet) -> None:
+    """Train every run of a plan: bases before their transfers, one run per device.
+
+    Finished runs are skipped and stopped ones resume; a failed run holds back only its
+    dependants. Ctrl-C or SIGTERM makes every running Caffe snapshot before it stops."""
+    from caffe_transfer.grid.plan import read_plan
+    from caffe_transfer.grid.scheduler import run_grid
+
+    if gpus and cpu_workers:
+        raise CaffeTransferError("give --gpus or --cpu-workers, not both")
+    try:
+        gpu_ids = [int(g) for g in csv_list(gpus)] if gpus else None
+    except ValueError:
+        raise CaffeTransferError(f"--gpus {gpus!r}: expected comma-separated GPU ids, e.g. 0,1") from None
+    workers = cpu_workers or 1
+    runs = [Path(plan_dir) / r.name for r in read_plan(plan_dir)]
+    result = run_grid(runs, workers=workers, gpus=gpu_ids, progress=not quiet)
+    report_grid(result)
+    if not result.complete:
+        raise SystemExit(1)
+
+
+@click.command()
+@click.argument("plan_dir", type=click.Path(path_type=Path))
+def status(plan_dir) -> None:
+    """Show each run of a plan: waiting, ready, running, stopped, failed or done (with score)."""
+    from collections import Counter
+
+    from caffe_transfer.grid.plan import states
+
+    rows = states(plan_dir)
+    click.echo(f"{'run':24} {'state':8} {'iteration':>17} {'val acc':>8} {'score':>7}  detail")
+    for r in rows:
+        it = f"{r['iteration'] or 0}/{r['max_iter']}"
+        acc = f"{r['accuracy']:.4f}" if r["accuracy"] is not None else "-"
+        score = f"{r['score']:.4f}" if r["score"] is not None else "-"
+        click.echo(f"{r['name']:24} {r['state']:8} {it:>17} {acc:>8} {score:>7}  {r['detail'][:120]}")
+    counts = Counter(r["state"] for r in rows)
+    click.echo(", ".join(f"{n} {state}" for state, n in sorted(counts.items())))

@@ -1,0 +1,111 @@
+"""Run-folder commands: describe a treatment, write its folder, transplant its weights, train it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from caffe_transfer.cli.options import gen_options, net_options, treatment_options
+from caffe_transfer.common.errors import CaffeTransferError
+
+
+@click.command()
+@click.argument("name")
+@treatment_options
+def describe(name: str, n: int | None, split: str | None) -> None:
+    """Show what a treatment is: folder name, notation, datasets and what each layer gets."""
+    from caffe_transfer.model.architectures import architecture
+    from caffe_transfer.model.treatments import parse
+
+    t = parse(name, n=n, split=split)
+    weight_layers = [w.name for w in architecture("caffenet", 1000).weight_layers]
+    click.echo(f"folder      {t.name}")
+    click.echo(f"notation    {t.notation}   (family {t.family}{', split ' + t.split if t.split else ''})")
+    click.echo(f"trains on   {t.train_set}, validates on {t.val_set}, mean of {t.mean_set}")
+    click.echo(f"solver      {t.schedule} schedule")
+    if t.base:
+        click.echo(f"base        {t.base.name} (its final snapshot)")
+    for role in t.layer_roles(weight_layers):
+        source = f"copied from {role.copied_from}" if role.copied_from else "filler init"
+        click.echo(f"  {role.name:10} {source:22} {'frozen' if role.frozen else 'trained'}")
+
+
+@click.command()
+@click.option("--treatment", "-t", help="Paper notation (AnB, BnB+, baseA, random, ...) or an "
+              "authors' folder name (transfer0A0B_1_3, half0A, nolearn_1_4, ...).")
+@treatment_options
+@click.option("--all", "grid", is_flag=True, help="Write the authors' whole grid of 170 nets "
+              "under OUT, one folder each, named as the authors named them.")
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path),
+              help="Run folder to write (with --all: the folder that holds the run folders).")
+@net_options
+@click.option("--base-weights", type=click.Path(path_type=Path),
+              help="Base .caffemodel for a transfer (default: the base run's final snapshot beside OUT).")
+@click.option("--force", is_flag=True, help="Overwrite run folders that already hold snapshots.")
+def gen(treatment, n, split, grid, out, arch, data_root, backend, fc8_outputs, base_weights, cpu,
+        solver, force) -> None:
+    """Write solver, train/val and deploy prototxts and treatment.json for a treatment."""
+    from caffe_transfer.model.treatments import authors_grid, parse
+
+    options = gen_options(arch, data_root, backend, fc8_outputs, cpu, solver, base_weights)
+    if grid:
+        if treatment or n is not None or split is not None:
+            raise CaffeTransferError("--all writes the whole grid: drop --treatment/--n/--split")
+        runs = {out / t.name: t for t in authors_grid()}
+    elif treatment:
+        runs = {out: parse(treatment, n=n, split=split)}
+    else:
+        raise CaffeTransferError("gen needs --treatment NAME (e.g. AnB --n 3 --split 0) or --all")
+    from caffe_transfer.runs.gen import write_runs
+
+    written = write_runs(runs, options, force=force)
+    if grid:
+        click.echo(f"wrote {len(written)} run folders under {out}")
+    else:
+        click.echo(f"wrote {runs[out].describe()} to {out}")
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--base", type=click.Path(path_type=Path),
+              help="Base .caffemodel (default: the base run's final snapshot, as gen recorded it).")
+@click.option("--out", type=click.Path(path_type=Path), help="Init weights to write (default: RUN_DIR/init.caffemodel).")
+@click.option("--seed", type=int, help="Seed of the filler init of the layers not copied (default: from the run's name).")
+def transplant(run_dir, base, out, seed) -> None:
+    """Copy a transfer's first n layers from its base by net surgery (checked bit for bit).
+
+    Writes the init .caffemodel and RUN_DIR/transplant.json (per layer: copied from where or
+    filler-initialised, shapes, checksums, frozen)."""
+    from caffe_transfer.runs.transplant import transplant as run_transplant
+
+    result = run_transplant(run_dir, base=base, out=out, seed=seed)
+    for layer in result.layers:
+        what = f"copied from {layer['from_run']}:{layer['from_layer']}" if layer["action"] == "copied" \
+            else f"filler init (seed {result.seed})"
+        shapes = " ".join("x".join(map(str, b["shape"])) for b in layer["blobs"])
+        click.echo(f"  {layer['layer']:10} {what:34} {'frozen' if layer['frozen'] else 'trained':8} {shapes}")
+    click.echo(f"wrote {result.init} and {result.record}")
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--gpu", type=int, help="GPU id (default: as the solver says; CPU runs need gen --cpu).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train(run_dir, gpu, quiet) -> None:
+    """Run caffe train on a run folder: resumes from its newest snapshot, log in RUN_DIR/train.log.
+
+    A transfer starts from its transplanted init (made from the base's final snapshot if missing).
+    Ctrl-C or SIGTERM makes Caffe snapshot before it stops; run the command again to resume."""
+    from caffe_transfer.runs.train import train as run_train
+
+    result = run_train(run_dir, gpu=gpu, progress=not quiet)
+    name = result.run.name
+    if result.status == "stopped":
+        click.echo(f"{name}: stopped at iteration {result.iteration} with a snapshot; run again to resume")
+        raise SystemExit(130)
+    if result.status == "already finished":
+        click.echo(f"{name}: already finished ({result.run.final_model})")
+        return
+    click.echo(f"{name}: trained iterations {result.start}..{result.iteration} in {result.seconds:.0f} s; "
+               f"final weights {result.run.final_model}; log {result.run.log}")
