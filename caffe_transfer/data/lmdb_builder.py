@@ -330,7 +330,7 @@ class _State:
             if raw:
                 meta = json.loads(raw)
                 self.next, self.count, self.skipped = meta["next"], meta["count"], meta["skipped"]
-                self.warned = meta.get("warned", [])  # none in a partial LMDB of an earlier caffe-transfer
+                self.warned = meta["warned"]
                 self.mixed = meta["mixed"]
                 self.listed_bytes = len(json.dumps(self.skipped)) + len(json.dumps(self.warned))
                 total = txn.get(b"sum")

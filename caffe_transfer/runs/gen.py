@@ -35,7 +35,6 @@ from caffe_transfer.model.treatments import Kind, Treatment
 TRAINABLE = [{"lr_mult": 1, "decay_mult": 1}, {"lr_mult": 2, "decay_mult": 0}]
 FROZEN = [{"lr_mult": 0, "decay_mult": 0}, {"lr_mult": 0, "decay_mult": 0}]
 BACKENDS = ("lmdb", "leveldb")
-RUN_FILES = ("train_val.prototxt", "solver.prototxt", "deploy.prototxt", "treatment.json", "run.sh")
 EXECUTABLE = ("run.sh",)
 SNAPSHOT_DIR = "snapshots"
 NET_NAME = "CaffeNet"

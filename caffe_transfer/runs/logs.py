@@ -261,26 +261,6 @@ def score(accuracies: list[float], top: int = TOP_K) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def final(tables: LogTables) -> float | None:
-    acc = tables.accuracies()
-    return acc[-1] if acc else None
-
-
-def best(tables: LogTables) -> float | None:
-    acc = tables.accuracies()
-    return max(acc) if acc else None
-
-
-def at_iteration(tables: LogTables, iteration: int) -> float | None:
-    for row in tables.test:
-        if row["NumIters"] == iteration and ACCURACY in row:
-            return row[ACCURACY]
-    return None
-
-
-METRICS = {"top10": lambda t: score(t.accuracies()), "final": final, "max": best}
-
-
 def write_csv(rows: list[dict], path: Path) -> None:
     """A table as CSV with parse_log.py's columns (NumIters, Seconds, LearningRate, outputs)."""
     names = list(COLUMNS)
