@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-from caffe_transfer.conftest import make_data_root
 
 from caffe_transfer import demo
 from caffe_transfer.common.caffe_env import caffe_pb2
@@ -23,6 +22,8 @@ from caffe_transfer.runs import logs
 from caffe_transfer.runs.folder import Run
 from caffe_transfer.runs.gen import GenOptions, write_runs
 from caffe_transfer.runs.train import HEADER
+
+from .conftest import make_data_root
 
 CLI = str(Path(sys.executable).parent / "caffe-transfer")
 

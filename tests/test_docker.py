@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from caffe_transfer.conftest import REPO
+
+from .conftest import REPO
 
 
 def _hadolint() -> str:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from caffe_transfer.conftest import make_data_root
 from click.testing import CliRunner
 from google.protobuf import text_format
 
@@ -17,6 +16,8 @@ from caffe_transfer.cli import cli
 from caffe_transfer.common import caffe_env, protos
 from caffe_transfer.model.treatments import Kind, authors_grid, parse
 from caffe_transfer.runs import gen
+
+from .conftest import make_data_root
 
 GRID = authors_grid()
 DATASETS = {d for t in GRID for d in (t.train_set, t.val_set, t.mean_set)}

@@ -12,7 +12,6 @@ import types
 from pathlib import Path
 
 import pytest
-from caffe_transfer.conftest import make_data_root
 from click.testing import CliRunner
 
 from caffe_transfer.cli import cli
@@ -20,6 +19,8 @@ from caffe_transfer.common import caffe_env
 from caffe_transfer.model.treatments import parse
 from caffe_transfer.results import report
 from caffe_transfer.runs import gen, logs
+
+from .conftest import make_data_root
 
 
 # --- the authors' logs ------------------------------------------------------------------------

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-from caffe_transfer.conftest import natman_plan
 from click.testing import CliRunner
 
 from caffe_transfer.cli import cli
@@ -18,6 +17,8 @@ from caffe_transfer.grid import plan
 from caffe_transfer.model.treatments import authors_grid
 from caffe_transfer.runs.folder import Run
 from caffe_transfer.runs.train import HEADER
+
+from .conftest import natman_plan
 
 CLI = str(Path(sys.executable).parent / "caffe-transfer")
 

@@ -10,12 +10,13 @@ import subprocess
 import time
 
 import pytest
-from caffe_transfer.conftest import REPO, natman_plan
 
 from caffe_transfer.grid.plan import read_plan
 from caffe_transfer.runs import logs
 from caffe_transfer.runs.folder import Run
 from caffe_transfer.runs.train import HEADER
+
+from .conftest import REPO, natman_plan
 
 LOCAL = REPO / "tools" / "slurm_local.sh"
 
