@@ -25,6 +25,8 @@ from caffe_transfer.runs.train import HEADER
 
 from .conftest import make_data_root
 
+pytestmark = pytest.mark.slow  # trains the demo's grid
+
 CLI = str(Path(sys.executable).parent / "caffe-transfer")
 
 

@@ -14,6 +14,8 @@ import pytest
 
 from .conftest import REPO
 
+pytestmark = pytest.mark.slow  # builds a Docker image
+
 
 def _hadolint() -> str:
     found = Path(sys.executable).parent / "hadolint"

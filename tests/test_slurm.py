@@ -18,6 +18,8 @@ from caffe_transfer.runs.train import HEADER
 
 from .conftest import REPO, natman_plan
 
+pytestmark = pytest.mark.slow  # starts a one-node SLURM and trains
+
 LOCAL = REPO / "tools" / "slurm_local.sh"
 
 
