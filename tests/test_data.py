@@ -20,15 +20,10 @@ from PIL import Image
 from caffe_transfer.cli import cli
 from caffe_transfer.common import caffe_env
 from caffe_transfer.common.errors import CaffeTransferError
-from caffe_transfer.data import lmdb_builder, splits
-from caffe_transfer.data.lmdb_builder import (
-    BuildOptions,
-    build,
-    datum_parts,
-    load_image,
-    order,
-    read_mean,
-)
+from caffe_transfer.data import splits
+from caffe_transfer.data.lmdb import BuildOptions, build, datum_parts, load_image, order, read_mean
+from caffe_transfer.data.lmdb import make, workers, writer
+from caffe_transfer.data.lmdb.decode import Converter
 
 HALF0A_VALID_MD5 = "2f10009e20d77eb7007cf70674958b94"  # published by the authors
 
@@ -274,13 +269,13 @@ def _assert_same(lmdb_dir: Path, mean: Path, reference) -> None:
 
 
 def _killing(convert, dies):
-    """`_convert_chunk` in a worker that dies, as a decoder crashing or the OOM killer would end
+    """`Converter.chunk` in a worker that dies, as a decoder crashing or the OOM killer would end
     it, when `dies(chunk)`; every process that converts images runs it, one image alone too."""
-    def converting(chunk, slot):
+    def converting(self, chunk, slot):
         if dies(chunk):
             os.write(2, b"decoder: out of its mind\n")
             os.kill(os.getpid(), signal.SIGKILL)
-        return convert(chunk, slot)
+        return convert(self, chunk, slot)
     return converting
 
 
@@ -300,7 +295,7 @@ def _mean_of(contents: dict[bytes, bytes], pb2) -> np.ndarray:
 def test_an_image_that_kills_its_worker_is_skipped_and_the_rest_written(encoded, tmp_path, monkeypatch, pb2):
     options = BuildOptions(resize=32, encoded=encoded)
     list_file, images, reference = _with_reference(tmp_path, 700, (48, 36), options)
-    monkeypatch.setattr(lmdb_builder, "_convert_chunk", _killing(lmdb_builder._convert_chunk,
+    monkeypatch.setattr(Converter, "chunk", _killing(Converter.chunk,
                                                                  lambda chunk: any(p == 600 for p, _, _ in chunk)))
     culprit = splits.read_list(list_file)[order(700, True, 0)[600]][0]
     result = build(list_file, images, tmp_path / "out", options, progress=False)
@@ -315,16 +310,16 @@ def test_an_image_that_kills_its_worker_is_skipped_and_the_rest_written(encoded,
 def test_an_image_that_a_decoder_sticks_on_is_skipped(tmp_path, monkeypatch):
     options = BuildOptions(resize=32)
     list_file, images, reference = _with_reference(tmp_path, 400, (48, 36), options)
-    convert = lmdb_builder._convert_chunk
+    convert = Converter.chunk
 
-    def stuck_on_300(chunk, slot):  # a decoder in an endless loop on one file
+    def stuck_on_300(self, chunk, slot):  # a decoder in an endless loop on one file
         if any(p == 300 for p, _, _ in chunk):
             os.write(2, b"decoder: going round in circles\n")
             time.sleep(3600)
-        return convert(chunk, slot)
+        return convert(self, chunk, slot)
 
-    monkeypatch.setattr(lmdb_builder, "_convert_chunk", stuck_on_300)
-    monkeypatch.setattr(lmdb_builder, "STUCK_SECONDS", 1.0)
+    monkeypatch.setattr(Converter, "chunk", stuck_on_300)
+    monkeypatch.setattr(workers, "STUCK_SECONDS", 1.0)
     culprit = splits.read_list(list_file)[order(400, True, 0)[300]][0]
     result = build(list_file, images, tmp_path / "out", options, progress=False)
     assert (result.written, result.skipped) == (399, 1)
@@ -346,7 +341,7 @@ def test_a_worker_killed_once_costs_no_image(tmp_path, monkeypatch):
             return True
         return False
 
-    monkeypatch.setattr(lmdb_builder, "_convert_chunk", _killing(lmdb_builder._convert_chunk, once_at_600))
+    monkeypatch.setattr(Converter, "chunk", _killing(Converter.chunk, once_at_600))
     result = build(list_file, images, tmp_path / "out", options, progress=False)
     assert flag.exists() and (result.written, result.skipped) == (700, 0)
     _assert_same(result.lmdb, result.mean, reference)
@@ -363,9 +358,9 @@ def test_workers_dying_on_every_image_is_an_error_and_the_build_goes_on(tmp_path
             return True
         return False
 
-    monkeypatch.setattr(lmdb_builder, "_convert_chunk", _killing(lmdb_builder._convert_chunk, from_600_on_everything))
+    monkeypatch.setattr(Converter, "chunk", _killing(Converter.chunk, from_600_on_everything))
     out = tmp_path / "crashed"
-    chunk = lmdb_builder.CHUNK
+    chunk = workers.CHUNK
     first = splits.read_list(list_file)[order(700, True, 0)[600 // chunk * chunk]][0]  # of the chunk with 600
     with pytest.raises(CaffeTransferError, match=rf"worker \d died \(exit code -9, last words: decoder: out of its "
                                                  rf"mind\) converting the {chunk} images from {first} on, and so did "
@@ -375,7 +370,7 @@ def test_workers_dying_on_every_image_is_an_error_and_the_build_goes_on(tmp_path
         build(list_file, images, out, options, progress=False)
     assert "\n" not in str(err.value)
     env = lmdb.open(str(out / "lmdb.partial"), readonly=True, lock=False, max_dbs=2)
-    assert env.stat()["entries"] > lmdb_builder.BATCH  # what was committed before the crash is kept
+    assert env.stat()["entries"] > writer.BATCH  # what was committed before the crash is kept
     env.close()
     monkeypatch.undo()
     again = build(list_file, images, out, options, progress=False)
@@ -387,7 +382,7 @@ def test_workers_dying_on_every_image_is_an_error_and_the_build_goes_on(tmp_path
 def test_the_map_grows_as_needed(encoded, tmp_path, monkeypatch):
     options = BuildOptions(resize=64, encoded=encoded)
     list_file, images, whole = _with_reference(tmp_path, 300, (96, 72), options)
-    monkeypatch.setattr(lmdb_builder, "INITIAL_MAP_SIZE", 64 * 1024)  # a few hundred KB of Datums
+    monkeypatch.setattr(make, "INITIAL_MAP_SIZE", 64 * 1024)  # a few hundred KB of Datums
     grown = build(list_file, images, tmp_path / "grown", options, progress=False)
     assert grown.written == 300
     _assert_same(grown.lmdb, grown.mean, whole)

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from caffe_transfer.common import caffe_env
-from caffe_transfer.data.lmdb_builder import (
+from caffe_transfer.data.lmdb import (
     BuildOptions,
     build,
     init_decoder,

@@ -79,7 +79,7 @@ def make_lmdb(list_file, image_root, out_dir, resize, encoded, gray, no_shuffle,
 
     Writes OUT_DIR/lmdb and OUT_DIR/mean.binaryproto as convert_imageset and compute_image_mean
     would, with a progress bar; a killed build continues where it stopped."""
-    from caffe_transfer.data.lmdb_builder import BuildOptions, build
+    from caffe_transfer.data.lmdb import BuildOptions, build
 
     options = BuildOptions(resize=resize, shuffle=not no_shuffle, seed=seed, encoded=encoded,
                            workers=workers, gray=gray)

@@ -145,7 +145,7 @@ def train_val_layers(treatment: Treatment, arch: Architecture, options: GenOptio
 
 def input_channels(mean_file: Path) -> int:
     """Channels of the net's input: the mean's where it exists already (1 for grey data), else 3."""
-    from caffe_transfer.data.lmdb_builder import read_mean
+    from caffe_transfer.data.lmdb import read_mean
 
     return read_mean(mean_file).shape[0] if Path(mean_file).is_file() else 3
 
