@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from caffe_transfer.common import caffe_env
 from caffe_transfer.common.errors import CaffeTransferError
 from caffe_transfer.data import splits
 from caffe_transfer.data.lmdb import BuildOptions, build, datum_parts, load_image, order, read_mean
-from caffe_transfer.data.lmdb import make, workers, writer
+from caffe_transfer.data.lmdb import target, workers, writer
 from caffe_transfer.data.lmdb.decode import Converter
 
 HALF0A_VALID_MD5 = "2f10009e20d77eb7007cf70674958b94"  # published by the authors
@@ -382,7 +384,7 @@ def test_workers_dying_on_every_image_is_an_error_and_the_build_goes_on(tmp_path
 def test_the_map_grows_as_needed(encoded, tmp_path, monkeypatch):
     options = BuildOptions(resize=64, encoded=encoded)
     list_file, images, whole = _with_reference(tmp_path, 300, (96, 72), options)
-    monkeypatch.setattr(make, "INITIAL_MAP_SIZE", 64 * 1024)  # a few hundred KB of Datums
+    monkeypatch.setattr(target, "INITIAL_MAP_SIZE", 64 * 1024)  # a few hundred KB of Datums
     grown = build(list_file, images, tmp_path / "grown", options, progress=False)
     assert grown.written == 300
     _assert_same(grown.lmdb, grown.mean, whole)
@@ -447,3 +449,142 @@ def test_lmdb_benchmark_runs_and_prints_ratios(tmp_path):
                          capture_output=True, text=True, check=True).stdout
     assert "make-lmdb raw / convert_imageset:" in out and "decode+resize limit:" in out
     assert "raw's writer alone caps it at" in out
+
+
+# --- safe builds --------------------------------------------------------------------------------
+def _make_lmdb(*args) -> object:
+    return CliRunner().invoke(cli, ["make-lmdb", *map(str, args)])
+
+
+def _one_line_error(result, *needles: str) -> None:
+    """Exit 1 with one error line, the last (above it, on stderr, only the bar and skipped images)."""
+    errors = [line for line in result.output.splitlines() if "Error" in line and "skipped:" not in line]
+    assert result.exit_code == 1 and len(errors) == 1 and result.output.endswith(errors[0] + "\n"), result.output
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+
+
+@pytest.mark.parametrize("force", [[], ["--force"]], ids=["plain", "forced"])
+def test_an_lmdb_make_lmdb_did_not_write_is_never_deleted(force, tmp_path):
+    images = tmp_path / "img"
+    list_file = _jpegs(images, 4, (40, 30))
+    out = tmp_path / "out"
+    out.mkdir()
+    env = lmdb.open(str(out / "lmdb"), map_size=1 << 20)  # as convert_imageset leaves it
+    with env.begin(write=True) as txn:
+        txn.put(b"00000000_theirs", b"their datum")
+    env.close()
+    _one_line_error(_make_lmdb(list_file, images, out, "--resize", "16", *force),
+                    f"{out / 'lmdb'} was not written by make-lmdb", "never deleted")
+    assert _contents(out / "lmdb") == {b"00000000_theirs": b"their datum"}
+    assert not (out / "COMPLETE").exists() and not (out / "lmdb.partial").exists()
+
+
+@pytest.mark.parametrize("change, needle", [
+    (["--resize", "24"], "--resize 16, not 24"),
+    (["--gray"], "--gray False, not True"),
+    (["--encoded"], "--encoded False, not True"),
+    (["--seed", "3"], "--seed 0, not 3"),
+    ("other list", "list contents"),
+], ids=["resize", "gray", "encoded", "seed", "list"])
+def test_a_complete_lmdb_run_again_with_other_settings_is_an_error_or_rebuilt_with_force(change, needle, tmp_path):
+    images = tmp_path / "img"
+    list_file = _jpegs(images, 6, (40, 30))
+    out = tmp_path / "out"
+    assert _make_lmdb(list_file, images, out, "--resize", "16").exit_code == 0
+    before = _contents(out / "lmdb")
+    flags = ["--resize", "16"]
+    if change == "other list":
+        list_file.write_text("".join(list_file.read_text().splitlines(keepends=True)[:4]))
+    else:
+        flags = [*flags, *change]
+    _one_line_error(_make_lmdb(list_file, images, out, *flags), f"{out / 'lmdb'} was built with other settings",
+                    needle, "--force rebuilds it")
+    assert _contents(out / "lmdb") == before and (out / "COMPLETE").is_file()
+    forced = _make_lmdb(list_file, images, out, *flags, "--force")
+    assert forced.exit_code == 0, forced.output
+    rebuilt = build(list_file, images, tmp_path / "fresh", BuildOptions(**_options(flags)), progress=False)
+    assert _contents(out / "lmdb") == _contents(rebuilt.lmdb) != before
+
+
+def _options(flags: list[str]) -> dict:
+    """BuildOptions' fields for make-lmdb's flags (the last of a repeated one wins, as in click)."""
+    values = {name: int(flags[len(flags) - 1 - flags[::-1].index(f"--{name}") + 1])
+              for name in ("resize", "seed") if f"--{name}" in flags}
+    values.update({name: True for name in ("gray", "encoded") if f"--{name}" in flags})
+    return values
+
+
+def test_a_half_built_lmdb_of_other_settings_is_kept_until_forced(tmp_path):
+    list_file, images, reference = _with_reference(tmp_path, 40, (40, 30), BuildOptions(resize=16))
+    out = tmp_path / "out"
+    (out / "lmdb.partial").mkdir(parents=True)
+    (out / "lmdb.partial" / "data.mdb").write_bytes(b"someone else's")
+    _one_line_error(_make_lmdb(list_file, images, out, "--resize", "16"), "lmdb.partial was not written by make-lmdb")
+    assert (out / "lmdb.partial" / "data.mdb").read_bytes() == b"someone else's"
+
+
+def test_a_build_with_every_image_missing_fails_and_marks_nothing_complete(tmp_path):
+    (tmp_path / "list.txt").write_text("a/1.jpg 0\na/2.jpg 1\nb/3.jpg 1\n")
+    out = tmp_path / "out"
+    _one_line_error(_make_lmdb(tmp_path / "list.txt", tmp_path, out),
+                    "none of the 3 images of", "could be read (the first: ", "nothing was marked complete")
+    assert not (out / "COMPLETE").exists() and not (out / "lmdb").exists() and not (out / "lmdb.partial").exists()
+    assert len((out / "skipped.txt").read_text().splitlines()) == 3
+
+
+def test_a_second_build_on_the_same_output_is_refused_by_the_lock(tmp_path, monkeypatch):
+    images = tmp_path / "img"
+    list_file = _jpegs(images, 200, (48, 36))
+    out = tmp_path / "out"
+    convert = Converter.chunk
+
+    def slowly(self, chunk, slot):  # a build that takes its time: 13 chunks of 0.3 s
+        time.sleep(0.3)
+        return convert(self, chunk, slot)
+
+    monkeypatch.setattr(Converter, "chunk", slowly)
+    first = threading.Thread(target=build, args=(list_file, images, out, BuildOptions(resize=32, workers=1)),
+                             kwargs={"progress": False})
+    first.start()
+    try:
+        deadline = time.time() + 60
+        while not (out / "lmdb.partial" / "data.mdb").is_file() and time.time() < deadline:
+            time.sleep(0.01)
+        second = subprocess.run([str(Path(sys.executable).parent / "caffe-transfer"), "make-lmdb", str(list_file),
+                                 str(images), str(out), "--resize", "32"], capture_output=True, text=True)
+        running = first.is_alive()
+    finally:
+        first.join()
+    assert running, "the first build finished before the second started"
+    assert second.returncode == 1 and second.stderr.count("\n") == 1, second.stderr
+    assert f"{out} is being built by another make-lmdb (pid {os.getpid()})" in second.stderr
+    assert json.loads((out / "COMPLETE").read_text())["written"] == 200
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MB file system of its own (tmpfs; needs root), grown with `grow(MB)`."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+
+    def grow(mb: int) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={mb}m", str(mount)], check=True)
+
+    yield mount, grow
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_a_full_disk_is_one_line_and_the_rerun_resumes(tmp_path, small_disk):
+    mount, grow = small_disk
+    list_file, images, reference = _with_reference(tmp_path, 300, (96, 72), BuildOptions(resize=64))  # 5 MB
+    out = mount / "out"
+    _one_line_error(_make_lmdb(list_file, images, out, "--resize", "64"), "no space left on the disk",
+                    "run the same command again")
+    assert not (out / "COMPLETE").exists()
+    grow(64)
+    again = _make_lmdb(list_file, images, out, "--resize", "64")
+    assert again.exit_code == 0, again.output
+    _assert_same(out / "lmdb", out / "mean.binaryproto", reference)

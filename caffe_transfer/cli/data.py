@@ -73,7 +73,8 @@ def lists(train_dir, val_dir, val_labels, out) -> None:
 @click.option("--no-shuffle", is_flag=True, help="Keep the list order (default: shuffle with --seed).")
 @click.option("--seed", default=0, show_default=True, help="Shuffle seed.")
 @click.option("--workers", type=click.IntRange(min=1), help="Decoding processes (default: all cores).")
-@click.option("--force", is_flag=True, help="Rebuild a complete LMDB.")
+@click.option("--force", is_flag=True, help="Rebuild a complete LMDB, or restart a half-built one of other settings "
+              "(never one make-lmdb did not write).")
 def make_lmdb(list_file, image_root, out_dir, resize, encoded, gray, no_shuffle, seed, workers, force) -> None:
     """Build an LMDB and its mean image from a list (resumable, parallel).
 

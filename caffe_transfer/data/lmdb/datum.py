@@ -81,3 +81,11 @@ def read_mean(path: str | Path) -> np.ndarray:
     blob = caffe_pb2().BlobProto()
     blob.ParseFromString(Path(path).read_bytes())
     return np.array(blob.data, dtype=np.float32).reshape(blob.channels, blob.height, blob.width)
+
+
+def relabel(datum: bytes | memoryview, label: int) -> bytes:
+    """The same Datum with another label (an image in several datasets, labelled in each by its
+    own list), serialized as caffe_pb2 writes it."""
+    message = caffe_pb2().Datum.FromString(bytes(datum))
+    message.label = label
+    return message.SerializeToString()

@@ -37,7 +37,8 @@ class BuildOptions:
 
 
 class Item(NamedTuple):
-    """An image to convert: its position in the database (the key's number), path and label."""
+    """An image to convert: its position in the build's order, its path and the label its Datum
+    gets (the writer relabels it for the other datasets that hold it)."""
 
     position: int
     path: str
@@ -45,11 +46,11 @@ class Item(NamedTuple):
 
 
 class Written(NamedTuple):
-    """A converted image: its key, its Datum's bytes (or where they lie in the chunk's slot), and
-    what a decoder printed about it."""
+    """A converted image: its position, its Datum's bytes (or where they lie in the chunk's slot),
+    and what a decoder printed about it."""
 
+    position: int
     path: str
-    key: bytes
     payload: bytes | Span
     warning: str
 
@@ -57,6 +58,7 @@ class Written(NamedTuple):
 class Skipped(NamedTuple):
     """An image that could not be converted, and why."""
 
+    position: int
     path: str
     reason: str
 
@@ -140,13 +142,12 @@ class Converter:
     slots: Slots | None
     stderr_read: int = field(default=0)
 
-    def one(self, item: Item, slot: int, offset: int) -> tuple[bytes, bytes | Span, np.ndarray]:
-        """One image -> (key, serialized Datum or its span in the slot, pixels C,H,W)."""
+    def one(self, item: Item, slot: int, offset: int) -> tuple[bytes | Span, np.ndarray]:
+        """One image -> (serialized Datum or its span in the slot, pixels C,H,W)."""
         options = self.options
         data = (self.root / item.path).read_bytes()
         pixels = _pixels(data, options.resize, options.gray)
         h, w, c = pixels.shape
-        key = f"{item.position:08d}_{item.path}".encode()
         if self.slots is not None:  # resized, so of the slots' fixed shape
             head, tail = datum_parts(c, h, w, item.label)
             span = Span(offset, len(head) + h * w * c + len(tail))
@@ -155,7 +156,7 @@ class Converter:
             chw = np.frombuffer(out[len(head):len(head) + h * w * c], dtype=np.uint8).reshape(c, h, w)
             cv2.split(pixels, list(chw))  # H,W,C to C,H,W in place, 5x faster than numpy's copy
             out[len(out) - len(tail):] = tail
-            return key, span, chw
+            return span, chw
         datum = caffe_pb2().Datum(label=item.label)
         if options.encoded:  # no sizes, as convert_imageset: Caffe takes them from the JPEG
             datum.data, reencoded = encode_image(data, pixels, options.resize)
@@ -166,7 +167,7 @@ class Converter:
         if not options.encoded:
             datum.channels, datum.height, datum.width = c, h, w
             datum.data = chw.tobytes()
-        return key, datum.SerializeToString(), chw
+        return datum.SerializeToString(), chw
 
     def new_stderr(self) -> str:
         """What this process's stderr (a file, see `workers`) got since the last call, on one
@@ -185,13 +186,13 @@ class Converter:
         total, mixed, offset = None, False, 0
         for item in items:
             try:
-                key, payload, chw = self.one(item, slot, offset)
+                payload, chw = self.one(item, slot, offset)
             except Exception as e:  # noqa: BLE001 - any unreadable image is skipped and reported
                 warning = self.new_stderr()
                 reason = f"{type(e).__name__}: {e}".replace("\n", " ") + (f" ({warning})" if warning else "")
-                records.append(Skipped(item.path, reason))
+                records.append(Skipped(item.position, item.path, reason))
                 continue
-            records.append(Written(item.path, key, payload, self.new_stderr()))
+            records.append(Written(item.position, item.path, payload, self.new_stderr()))
             if isinstance(payload, Span):
                 offset += payload.length
             if total is None and not mixed:

@@ -190,7 +190,7 @@ class Workers:
                 + (f"one for {self.control.path}, which converted before: not the images' fault" if self.control
                    else "no image has converted yet to compare with")
                 + "; what was written is kept, run again to go on")
-        return [result or ChunkResult(item.position, [Skipped(item.path, f"the decoder died on it ({how})")],
+        return [result or ChunkResult(item.position, [Skipped(item.position, item.path, f"the decoder died on it ({how})")],
                                       None, False, False)
                 for item, (result, how) in zip(chunk, alone)]
 

@@ -1,10 +1,11 @@
-"""The parent's side of a build: converted chunks into the LMDB, with the progress that includes them.
+"""The parent's side of a build: converted chunks into the LMDBs, with the progress that includes them.
 
-Chunks come in list order; each is put into the open transaction as soon as it comes (which frees
-its shared-memory slot), and the transaction commits every BATCH images together with the
-progress (`State`: next position, float64 pixel sum, skipped images) in a named sub-database of
-the same LMDB. A process killed at any point and run again therefore continues from the last
-committed batch and ends with every image exactly once.
+Chunks come in the build's order; each is put into the open transaction of every LMDB that holds
+its images as soon as it comes (which frees its shared-memory slot), and the transactions commit
+every BATCH images together with each LMDB's progress (`State`: next position in the build's
+order, float64 pixel sum, skipped images) in a named sub-database of the same LMDB. A process
+killed at any point and run again therefore continues from the last committed batch and ends with
+every image exactly once in every LMDB.
 """
 
 from __future__ import annotations
@@ -14,14 +15,17 @@ import os
 import sys
 import threading
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import lmdb
 import numpy as np
 
-from caffe_transfer.data.lmdb.datum import Slots, Span
+from caffe_transfer.data.lmdb.datum import Slots, Span, relabel
 from caffe_transfer.data.lmdb.decode import Item, Skipped
 from caffe_transfer.data.lmdb.workers import Converted
+
+if TYPE_CHECKING:
+    from caffe_transfer.data.lmdb.target import Target
 
 BATCH = 256  # images per LMDB transaction (and per progress record)
 STATE_DB = b"caffe-transfer-progress"
@@ -103,7 +107,10 @@ class Flusher:
         while not self.stopping:
             self.wake.wait()
             self.wake.clear()
-            os.fdatasync(self.fd)
+            try:
+                os.fdatasync(self.fd)
+            except OSError:
+                return  # a full disk: the writer's own commit or final sync reports it
             os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
     def close(self) -> None:
@@ -119,7 +126,7 @@ def _room(env: lmdb.Environment) -> int:
     return info["map_size"] - (info["last_pgno"] + 1) * env.stat()["psize"]
 
 
-def _footprint(key: bytes, value) -> int:
+def footprint(key: bytes, value) -> int:
     """An upper bound on the map bytes one record takes: its value's overflow pages plus its key
     and node in a leaf page, and a share of the branch pages above."""
     return (len(value) // _PAGE + 2) * _PAGE + 2 * len(key) + 64
@@ -135,25 +142,44 @@ def first_written(env: lmdb.Environment) -> Item | None:
     return Item(int(position), path.decode(), 0) if position.isdigit() and path else None
 
 
-def write(env: lmdb.Environment, state: State, results: Iterable[Converted], slots: Slots | None, bar,
-          flusher: Flusher) -> None:
-    """Write converted chunks, which come in list order.
+Members = Callable[[int], list[tuple[int, int, int]]]  # position -> (target, key number, label) per LMDB
 
-    A chunk is put into the open transaction as soon as it comes, which frees its shared-memory
-    slot; the transaction commits, with the progress that includes it, every BATCH images, and
-    early when the map might not hold the next chunk (the map grows only between transactions)."""
-    txn, room, done = None, 0, 0
+
+def write(targets: list[Target], members: Members, results: Iterable[Converted], slots: Slots | None,
+          bar) -> None:
+    """Write converted chunks, which come in the build's order, into every LMDB that holds them.
+
+    All images of a chunk belong to the same LMDBs (see `make`). A chunk is put into their open
+    transactions as soon as it comes, which frees its shared-memory slot; the transactions commit,
+    with the progress that includes it, every BATCH images, and early when a map might not hold
+    the next chunk (a map grows only between transactions). An LMDB whose progress is past a chunk
+    (a kill between two LMDBs' commits) skips it."""
+    txns: list = [None] * len(targets)
+    room = [0] * len(targets)
+    done, passed = 0, 0
 
     def say(line: str) -> None:  # on stderr above the progress bar; the reports have them all
         if bar:
             bar.write(line, file=sys.stderr)
 
+    def begin(t: int, need: int) -> None:
+        env = targets[t].env
+        if txns[t] is None:
+            room[t] = _room(env)
+            if need > room[t]:
+                env.set_mapsize(2 * env.info()["map_size"] + 2 * need)
+                room[t] = _room(env)
+            txns[t] = env.begin(write=True)
+
     def commit() -> None:
-        nonlocal txn, done
-        state.save(txn)
-        txn.commit()
-        txn = None
-        flusher.poke()
+        nonlocal done
+        for t, target in enumerate(targets):
+            begin(t, target.state.footprint(None))
+            target.state.next = max(target.state.next, passed)
+            target.state.save(txns[t])
+            txns[t].commit()
+            txns[t] = None
+            target.flusher.poke()
         if bar:
             bar.update(done)
         done = 0
@@ -164,35 +190,43 @@ def write(env: lmdb.Environment, state: State, results: Iterable[Converted], slo
             records = [record._replace(payload=slots.view(slot, record.payload))
                        if not isinstance(record, Skipped) and isinstance(record.payload, Span) else record
                        for record in result.records]
-            need = sum(_footprint(r.key, r.payload) for r in records if not isinstance(r, Skipped))
-            need += state.footprint(total)
-            if txn is not None and need > room:
-                commit()
-            if txn is None:
-                room = _room(env)
-                if need > room:
-                    env.set_mapsize(2 * env.info()["map_size"] + 2 * need)
-                    room = _room(env)
-                txn = env.begin(write=True)
+            puts: dict[int, list[tuple[bytes, bytes]]] = {t: [] for t, _, _ in members(records[0].position)
+                                                           if targets[t].state.next <= result.last}
             for record in records:
                 if isinstance(record, Skipped):
-                    state.note(state.skipped, record.path, record.reason)
                     say(f"{record.path}: skipped: {record.reason}")
+                    for t, _, _ in members(record.position):
+                        if t in puts:
+                            targets[t].state.note(targets[t].state.skipped, record.path, record.reason)
                     continue
-                txn.put(record.key, record.payload)
-                state.count += 1
                 if record.warning:
-                    state.note(state.warned, record.path, record.warning)
                     say(f"{record.path}: written, with a decoder warning: {record.warning}")
-            state.add(total, result.mixed)
-            del records, total  # views into the slot, which is reused once the next result is asked for
-            room -= need
-            state.next = result.last + 1
+                own = members(record.position)
+                for t, number, label in own:
+                    if t in puts:
+                        payload = record.payload if label == own[0][2] else relabel(record.payload, label)
+                        puts[t].append((f"{number:08d}_{record.path}".encode(), payload))
+                        if record.warning:
+                            targets[t].state.note(targets[t].state.warned, record.path, record.warning)
+            need = {t: sum(footprint(k, v) for k, v in items) + targets[t].state.footprint(total)
+                    for t, items in puts.items()}
+            if any(txns[t] is not None and need[t] > room[t] for t in puts):
+                commit()
+            for t, items in puts.items():
+                begin(t, need[t])
+                state = targets[t].state
+                for key, payload in items:
+                    txns[t].put(key, payload)
+                state.count += len(items)
+                state.add(total, result.mixed)
+                room[t] -= need[t]
+            del records, total, puts  # views into the slot, which is reused once the next result is asked for
+            passed = result.last + 1
             done += len(result.records)
             if done >= BATCH:
                 commit()
-        if txn is not None:
-            commit()
+        commit()
     finally:
-        if txn is not None:  # interrupted: what was not committed is done again on the next run
-            txn.abort()
+        for txn in txns:
+            if txn is not None:  # interrupted: what was not committed is done again on the next run
+                txn.abort()
