@@ -17,9 +17,10 @@ from caffe_transfer.common.errors import CaffeTransferError
 @click.option("--classes", "class_sets", multiple=True, metavar="NAME=FILE",
               help="Custom halves instead of the paper's: a dataset name and a file of class indices "
                    "or wnids (repeatable), e.g. --classes mysplitA=a.txt --classes mysplitB=b.txt.")
-@click.option("--num-classes", default=1000, show_default=True, help="Classes in the whole list.")
+@click.option("--num-classes", type=click.IntRange(min=2), help="Classes in the whole list (default: inferred).")
 @click.option("--check", "check_dir", type=click.Path(path_type=Path),
-              help="Verify a folder of lists instead: disjoint halves, complete cover, labels 0..K-1.")
+              help="Verify a folder of lists instead: disjoint halves, complete cover, labels 0..K-1, "
+                   "every class with images, each path once and of one class.")
 def splits(whole_list, subset, out, class_sets, num_classes, check_dir) -> None:
     """Write the paper's class-split lists, byte-identical to the authors'.
 
@@ -45,21 +46,27 @@ def splits(whole_list, subset, out, class_sets, num_classes, check_dir) -> None:
             if not sep:
                 raise CaffeTransferError(f"--classes {item!r}: expected NAME=FILE")
             custom[name] = read_class_set(path)
-    folders = write_splits(whole_list, subset, out, custom=custom, num_classes=num_classes)
-    click.echo(f"wrote {len(folders)} list folders under {out}: {', '.join(f.name for f in folders)}")
+    result = write_splits(whole_list, subset, out, custom=custom, num_classes=num_classes)
+    for note in result.notes:
+        click.echo(f"{whole_list}: {note}")
+    click.echo(f"wrote {len(result.folders)} list folders under {out}: {', '.join(f.name for f in result.folders)}")
 
 
 @click.command()
 @click.option("--train-dir", required=True, type=click.Path(path_type=Path), help="Tree of CLASS/IMAGE.")
-@click.option("--val-dir", type=click.Path(path_type=Path), help="Val images: CLASS/IMAGE, or flat with --val-labels.")
+@click.option("--val-dir", type=click.Path(path_type=Path), help="Val images: CLASS/IMAGE, or flat with --devkit, --val-solution or --val-labels.")
+@click.option("--devkit", type=click.Path(path_type=Path),
+              help="Label a flat val folder by the ILSVRC2012 devkit folder (data/meta.mat and the ground truth).")
+@click.option("--val-solution", type=click.Path(path_type=Path),
+              help="Label a flat val folder by Kaggle's LOC_val_solution.csv.")
 @click.option("--val-labels", type=click.Path(path_type=Path),
-              help="Label file for a flat val folder: `NAME LABEL`, `NAME WNID`, or one label per line.")
+              help="Label a flat val folder by a file of `NAME LABEL` (Caffe's val.txt) or `NAME WNID` lines.")
 @click.option("--out", "-o", default=".", show_default=True, type=click.Path(path_type=Path))
-def lists(train_dir, val_dir, val_labels, out) -> None:
+def lists(train_dir, val_dir, devkit, val_solution, val_labels, out) -> None:
     """Write whole_train.txt and whole_valid.txt from an image tree (classes in sorted order)."""
     from caffe_transfer.data.lists import write_whole_lists
 
-    for path in write_whole_lists(train_dir, val_dir, out, val_labels):
+    for path in write_whole_lists(train_dir, val_dir, out, val_labels, devkit, val_solution):
         click.echo(f"wrote {path} ({sum(1 for _ in path.open())} images)")
 
 
