@@ -129,3 +129,12 @@ def _committed(partial: Path) -> int:
         return max(0, env.stat()["entries"] - 1)  # less the progress sub-database's name
     finally:
         env.close()
+
+
+def test_gen_refuses_leveldb_which_neither_make_lmdb_nor_this_caffe_supports(tmp_path):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["gen", "-t", "AnB", "--n", "3", "--split", "0", "--backend", "leveldb",
+                                      "--out", str(out)])
+    assert result.exit_code == 1 and result.output.count("\n") == 1
+    assert "backend 'leveldb': expected lmdb: make-lmdb writes LMDBs only" in result.output
+    assert not out.exists()
