@@ -42,7 +42,8 @@ def val_name(i: int) -> str:
 
 
 def imagenet_tree(root: Path, classes: int, per_class: int, val: int, size: int = 8, seed: int = 0):
-    """train/<wnid>/<image> and a flat val/ folder of tiny JPEGs, and each val image's true wnid."""
+    """train/<wnid>/<image> and a flat val/ folder of tiny JPEGs (every class among them where
+    val >= classes), and each val image's true wnid."""
     rng = np.random.default_rng(seed)
     wnids = sorted(f"n{int(x):08d}" for x in rng.choice(10 ** 8, classes, replace=False))
     pixels = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
@@ -51,7 +52,7 @@ def imagenet_tree(root: Path, classes: int, per_class: int, val: int, size: int 
         for i in range(per_class):
             Image.fromarray(np.roll(pixels, c + i, axis=0)).save(root / "train" / wnid / f"{wnid}_{i}.JPEG")
     (root / "val").mkdir()
-    truth = [wnids[int(i)] for i in rng.integers(0, classes, size=val)]
+    truth = [wnids[int(i) % classes] for i in rng.permutation(val)]  # every class, where val >= classes
     for i in range(val):
         Image.fromarray(np.roll(pixels, i, axis=1)).save(root / "val" / val_name(i))
     return wnids, truth
