@@ -25,6 +25,7 @@ from caffe_transfer.common.errors import CaffeTransferError
 from caffe_transfer.data import splits
 from caffe_transfer.data.lmdb import BuildOptions, build, datum_parts, load_image, order, read_mean
 from caffe_transfer.data.lmdb import target, workers, writer
+from caffe_transfer.data.lmdb.datum import relabel
 from caffe_transfer.data.lmdb.decode import Converter
 
 HALF0A_VALID_MD5 = "2f10009e20d77eb7007cf70674958b94"  # published by the authors
@@ -218,6 +219,12 @@ def test_raw_datums_from_shared_memory_are_caffe_pb2s_own_bytes(tmp_path, pb2):
         head, tail = datum_parts(c, h, w, label)
         data = bytes(c * h * w)
         assert head + data + tail == pb2.Datum(channels=c, height=h, width=w, data=data, label=label).SerializeToString()
+    for datum in (pb2.Datum(channels=3, height=2, width=2, data=bytes(12), label=7),
+                  pb2.Datum(data=b"\xff\xd8\xff jpeg", label=300, encoded=True)):
+        for new in (0, 5, 2 ** 31 - 1, -1):
+            expected = pb2.Datum.FromString(datum.SerializeToString())
+            expected.label = new
+            assert relabel(memoryview(datum.SerializeToString()), datum.label, new) == expected.SerializeToString()
 
 
 def _contents(path: Path) -> dict[bytes, bytes]:

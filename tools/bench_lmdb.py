@@ -37,16 +37,17 @@ from caffe_transfer.data.lmdb import (
 )
 
 
-def make_images(root: Path, count: int) -> Path:
+def make_images(root: Path, count: int, classes: int = 10) -> Path:
+    """`count` JPEGs of 500x375 in `classes` class folders, and their list."""
     rng = np.random.default_rng(0)
     lines = []
     # Smooth images with some texture compress like photographs (about 100 KB at quality 90).
     base = rng.integers(0, 256, size=(24, 32, 3), dtype=np.uint8)
     for i in range(count):
-        cls = i % 10
+        cls = i % classes
         folder = root / f"n{cls:08d}"
         folder.mkdir(parents=True, exist_ok=True)
-        small = np.roll(base, i, axis=1) ^ np.uint8(cls * 20)
+        small = np.roll(base, i, axis=1) ^ np.uint8(cls * 20 % 256)
         img = Image.fromarray(small).resize((500, 375), Image.BICUBIC)
         noise = rng.integers(-12, 12, size=(375, 500, 3))
         arr = np.clip(np.asarray(img, dtype=np.int16) + noise, 0, 255).astype(np.uint8)

@@ -19,6 +19,7 @@ from caffe_transfer.common.caffe_env import caffe_pb2
 
 SUM_DTYPE = np.uint16  # a chunk's pixel sum: at most 16 x 255 < 2**16 (see workers.CHUNK)
 HEADER_MAX = 32  # bytes of a raw Datum besides its pixels: 5 fields, varints of at most 5 bytes
+_LABEL, _ENCODED, _UINT64 = b"\x28", b"\x38\x01", 0xFFFFFFFFFFFFFFFF  # field 5 (label); field 7 true
 
 
 def _varint(value: int) -> bytes:
@@ -35,7 +36,7 @@ def datum_parts(c: int, h: int, w: int, label: int) -> tuple[bytes, bytes]:
     caffe_pb2's SerializeToString writes them (channels, height, width, data, label; a test
     checks they are identical), so that pixels can be copied straight into shared memory."""
     head = b"\x08" + _varint(c) + b"\x10" + _varint(h) + b"\x18" + _varint(w) + b"\x22" + _varint(c * h * w)
-    return head, b"\x28" + _varint(label & 0xFFFFFFFFFFFFFFFF)
+    return head, _LABEL + _varint(label & _UINT64)
 
 
 class Span(NamedTuple):
@@ -83,9 +84,14 @@ def read_mean(path: str | Path) -> np.ndarray:
     return np.array(blob.data, dtype=np.float32).reshape(blob.channels, blob.height, blob.width)
 
 
-def relabel(datum: bytes | memoryview, label: int) -> bytes:
-    """The same Datum with another label (an image in several datasets, labelled in each by its
-    own list), serialized as caffe_pb2 writes it."""
-    message = caffe_pb2().Datum.FromString(bytes(datum))
-    message.label = label
-    return message.SerializeToString()
+def relabel(datum: bytes | memoryview, old: int, new: int) -> bytes:
+    """The same Datum with label `new` instead of `old` (an image in several datasets, labelled in
+    each by its own list), as caffe_pb2 serializes it. The label is the last field of a raw Datum
+    and the last but `encoded` of an encoded one: its bytes are swapped in one copy."""
+    label, replacement = _LABEL + _varint(old & _UINT64), _LABEL + _varint(new & _UINT64)
+    view = memoryview(datum)
+    for after in (b"", _ENCODED):
+        end = len(view) - len(after)
+        if view[end - len(label):end] == label and view[end:] == after:
+            return b"".join((view[:end - len(label)], replacement, after))
+    raise ValueError(f"not a Datum of label {old} as make-lmdb writes it")

@@ -27,7 +27,8 @@ from caffe_transfer.data.lmdb.workers import Converted
 if TYPE_CHECKING:
     from caffe_transfer.data.lmdb.target import Target
 
-BATCH = 256  # images per LMDB transaction (and per progress record)
+BATCH = 256  # Datums per round of LMDB transactions (and of progress records): their pages, malloc'd
+# until the commit, stay within the heap that decode.keep_freed_heap keeps
 STATE_DB = b"caffe-transfer-progress"
 _PAGE = 4096
 
@@ -142,6 +143,37 @@ def first_written(env: lmdb.Environment) -> Item | None:
     return Item(int(position), path.decode(), 0) if position.isdigit() and path else None
 
 
+class Sums:
+    """Chunk pixel sums added up between commits per set of LMDBs (uint32), folded into each
+    LMDB's float64 sum at the commit. A pass goes through the images grouped by the LMDBs that
+    hold them, so consecutive chunks mostly share their LMDBs: a chunk is added once, not once
+    per LMDB (a float64 add of a 256x256 image costs about as much as writing it)."""
+
+    def __init__(self, states: list[State]):
+        self.states = states
+        self.held: dict[tuple[int, ...], np.ndarray] = {}
+
+    def add(self, owners: tuple[int, ...], total: np.ndarray | None, mixed: bool) -> None:
+        if total is None:
+            for t in owners:
+                self.states[t].add(None, mixed)
+            return
+        held = self.held.get(owners)
+        if held is not None and held.shape != total.shape:  # images of other sizes: State says mixed
+            self.fold()
+            held = None
+        if held is None:
+            self.held[owners] = total.astype(np.uint32)
+        else:
+            held += total
+
+    def fold(self) -> None:
+        for owners, total in self.held.items():
+            for t in owners:
+                self.states[t].add(total, False)
+        self.held.clear()
+
+
 Members = Callable[[int], list[tuple[int, int, int]]]  # position -> (target, key number, label) per LMDB
 
 
@@ -156,7 +188,8 @@ def write(targets: list[Target], members: Members, results: Iterable[Converted],
     (a kill between two LMDBs' commits) skips it."""
     txns: list = [None] * len(targets)
     room = [0] * len(targets)
-    done, passed = 0, 0
+    done, put, passed = 0, 0, 0  # images since the last commit, Datums put since, and where that is
+    sums = Sums([target.state for target in targets])
 
     def say(line: str) -> None:  # on stderr above the progress bar; the reports have them all
         if bar:
@@ -172,7 +205,8 @@ def write(targets: list[Target], members: Members, results: Iterable[Converted],
             txns[t] = env.begin(write=True)
 
     def commit() -> None:
-        nonlocal done
+        nonlocal done, put
+        sums.fold()
         for t, target in enumerate(targets):
             begin(t, target.state.footprint(None))
             target.state.next = max(target.state.next, passed)
@@ -182,7 +216,7 @@ def write(targets: list[Target], members: Members, results: Iterable[Converted],
             target.flusher.poke()
         if bar:
             bar.update(done)
-        done = 0
+        done = put = 0
 
     try:
         for slot, result in results:
@@ -204,7 +238,7 @@ def write(targets: list[Target], members: Members, results: Iterable[Converted],
                 own = members(record.position)
                 for t, number, label in own:
                     if t in puts:
-                        payload = record.payload if label == own[0][2] else relabel(record.payload, label)
+                        payload = record.payload if label == own[0][2] else relabel(record.payload, own[0][2], label)
                         puts[t].append((f"{number:08d}_{record.path}".encode(), payload))
                         if record.warning:
                             targets[t].state.note(targets[t].state.warned, record.path, record.warning)
@@ -218,12 +252,13 @@ def write(targets: list[Target], members: Members, results: Iterable[Converted],
                 for key, payload in items:
                     txns[t].put(key, payload)
                 state.count += len(items)
-                state.add(total, result.mixed)
                 room[t] -= need[t]
-            del records, total, puts  # views into the slot, which is reused once the next result is asked for
+            sums.add(tuple(puts), total, result.mixed)
+            del records, total  # views into the slot, which is reused once the next result is asked for
             passed = result.last + 1
             done += len(result.records)
-            if done >= BATCH:
+            put += sum(len(items) for items in puts.values())
+            if put >= BATCH:
                 commit()
         commit()
     finally:
