@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_lmdb import make_images  # noqa: E402
+from bench_lmdb import images_in  # noqa: E402
 
 from caffe_transfer.common.caffe_env import pycaffe  # noqa: E402
 from caffe_transfer.data.lmdb import BuildOptions, build  # noqa: E402
@@ -51,16 +51,13 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path)
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_datalayer_"))
-    images = work / "images"
-    if not (images / "list.txt").is_file() or len((images / "list.txt").read_text().splitlines()) != args.count:
-        shutil.rmtree(images, ignore_errors=True)
-        make_images(images, args.count)
+    list_file = images_in(work, args.count)
     caffe = pycaffe()
     caffe.set_mode_cpu()
     print(f"{args.count} JPEGs of 500x375 at 256x256; Caffe's DataLayer (TRAIN: crop 227, mirror, mean; one prefetch "
           f"thread), batch {args.batch}, {os.cpu_count()} cores")
     for name, encoded in (("raw", False), ("encoded", True)):
-        result = build(images / "list.txt", images, work / name, BuildOptions(encoded=encoded), progress=False)
+        result = build(list_file, list_file.parent, work / name, BuildOptions(encoded=encoded), progress=False)
         size = (result.lmdb / "data.mdb").stat().st_size
         per_image = size / result.written
         print(f"  {name:8} {rate(caffe, result.lmdb, result.mean, args.batch, args.seconds, work):7.0f} images/s   "

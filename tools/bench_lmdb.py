@@ -58,6 +58,16 @@ def make_images(root: Path, count: int, classes: int = 10) -> Path:
     return list_file
 
 
+def images_in(work: Path, count: int, classes: int = 10) -> Path:
+    """WORK/images with `count` generated JPEGs (made unless they are there already); its list."""
+    images = work / "images"
+    list_file = images / "list.txt"
+    if not list_file.is_file() or len(list_file.read_text().splitlines()) != count:
+        shutil.rmtree(images, ignore_errors=True)
+        make_images(images, count, classes)
+    return list_file
+
+
 def _decode(path: str) -> int:
     return load_image(Path(path), 256).size
 
@@ -69,11 +79,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path)
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_lmdb_"))
-    images = work / "images"
-    if not (images / "list.txt").is_file():
-        shutil.rmtree(images, ignore_errors=True)
-        make_images(images, args.count)
-    list_file = images / "list.txt"
+    list_file = images_in(work, args.count)
+    images = list_file.parent
     paths = [str(images / line.split()[0]) for line in list_file.read_text().splitlines()]
     n = len(paths)
     for p in paths:  # warm the page cache so every contender reads from memory

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_lmdb import make_images  # noqa: E402
+from bench_lmdb import images_in  # noqa: E402
 
 from caffe_transfer.data.lists import class_folders, tree_list  # noqa: E402
 from caffe_transfer.data.lmdb import BuildOptions, Dataset, build, build_many  # noqa: E402
@@ -44,11 +44,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path)
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_prepare_"))
-    images = work / "images"
     count = 1000 * args.per_class
-    if not (images / "list.txt").is_file() or len((images / "list.txt").read_text().splitlines()) != count:
-        shutil.rmtree(images, ignore_errors=True)
-        make_images(images, count, classes=1000)
+    images = images_in(work, count, classes=1000).parent
     whole = work / "whole_train.txt"
     whole.write_text("".join(f"{p} {c}\n" for p, c in tree_list(images, class_folders(images))))
     lists = work / "lists"
