@@ -531,6 +531,23 @@ def test_a_half_built_lmdb_of_other_settings_is_kept_until_forced(tmp_path):
     assert (out / "lmdb.partial" / "data.mdb").read_bytes() == b"someone else's"
 
 
+def test_our_half_built_lmdb_of_other_settings_is_an_error_until_forced(tmp_path):
+    images = tmp_path / "img"
+    list_file = _jpegs(images, 8, (40, 30))
+    out = tmp_path / "out"
+    entries = splits.read_list(list_file)
+    started = target.Target(list_file, out, entries, target.settings(list_file, entries, BuildOptions(resize=16)))
+    started.lock()
+    started.open(force=False)  # as a build killed before its first commit leaves it
+    started.close()
+    started.unlock()
+    _one_line_error(_make_lmdb(list_file, images, out, "--resize", "24"),
+                    "lmdb.partial is a build with other settings (--resize 16, not 24)", "--force to start again")
+    assert (out / "lmdb.partial" / "data.mdb").is_file()
+    forced = _make_lmdb(list_file, images, out, "--resize", "24", "--force")
+    assert forced.exit_code == 0 and json.loads((out / "COMPLETE").read_text())["resize"] == 24
+
+
 def test_a_build_with_every_image_missing_fails_and_marks_nothing_complete(tmp_path):
     (tmp_path / "list.txt").write_text("a/1.jpg 0\na/2.jpg 1\nb/3.jpg 1\n")
     out = tmp_path / "out"

@@ -43,9 +43,10 @@ def settings(list_file: Path, entries: list[tuple[str, int]], options: BuildOpti
 
 
 def difference(had: dict, wanted: dict) -> str:
-    """The settings that differ, as a user gave them: '--resize 256, not 32; ...'."""
-    return "; ".join(f"{_OPTION_NAMES.get(k, k)} {had.get(k, 'not recorded')}, not {wanted[k]}"
-                     for k in wanted if had.get(k) != wanted[k])
+    """The settings that differ, as a user gave them ('--resize 256, not 32; ...'); empty when
+    none does. Builds of older versions recorded fewer: what they did not record is not compared."""
+    return "; ".join(f"{_OPTION_NAMES.get(k, k)} {had[k]}, not {wanted[k]}" for k in wanted
+                     if k in had and had[k] != wanted[k])
 
 
 @dataclass
@@ -88,7 +89,7 @@ class Target:
         if force or not self.complete.is_file():
             return None
         record = json.loads(self.complete.read_text())
-        if any(record.get(k) != v for k, v in self.settings.items()):
+        if difference(record, self.settings):
             raise CaffeTransferError(f"{self.final} was built with other settings ({difference(record, self.settings)})"
                                      ": --force rebuilds it, or choose another OUT_DIR")
         return record
@@ -132,10 +133,10 @@ class Target:
                 raise CaffeTransferError(f"{partial} was not written by make-lmdb (it has no {SETTINGS}): "
                                          "move it away or choose another OUT_DIR; it is never deleted")
             had = json.loads(settings_file.read_text()) if settings_file.is_file() else self.settings
-            if had != self.settings and not force:
+            if difference(had, self.settings) and not force:
                 raise CaffeTransferError(f"{partial} is a build with other settings ({difference(had, self.settings)})"
                                          ": run it again as it was to finish it, or --force to start again")
-            if force or had != self.settings:
+            if force:
                 shutil.rmtree(partial)
         partial.mkdir(exist_ok=True)
         write_atomic(settings_file, json.dumps(self.settings, indent=1) + "\n")
