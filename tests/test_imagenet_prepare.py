@@ -138,3 +138,48 @@ def test_gen_refuses_leveldb_which_neither_make_lmdb_nor_this_caffe_supports(tmp
     assert result.exit_code == 1 and result.output.count("\n") == 1
     assert "backend 'leveldb': expected lmdb: make-lmdb writes LMDBs only" in result.output
     assert not out.exists()
+
+
+def test_a_pass_stopped_between_two_lmdbs_commits_resumes_each_from_its_own_progress(tmp_path, monkeypatch):
+    """The LMDBs of a pass commit one after the other: stopped in between, some are a batch ahead
+    of the others. Run again, each skips what it holds and ends as make-lmdb alone."""
+    from caffe_transfer.data.lmdb import writer
+
+    images = tmp_path / "img"
+    whole = _jpegs(images, 120, (24, 18))
+    lines = whole.read_text().splitlines(keepends=True)
+    lists = []
+    for name, keep in (("a", lambda i: i % 3 != 0), ("b", lambda i: i % 2 == 0), ("c", lambda i: True)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "files.txt").write_text("".join(line for i, line in enumerate(lines) if keep(i)))
+        lists.append(Dataset(tmp_path / name / "files.txt", tmp_path / name))
+    monkeypatch.setattr(writer, "BATCH", 20)
+    poke, calls = writer.Flusher.poke, []
+
+    def stop_after_the_fifth_commit(self):  # round 2, after the 2nd of 3 LMDBs committed
+        calls.append(self)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        poke(self)
+
+    monkeypatch.setattr(writer.Flusher, "poke", stop_after_the_fifth_commit)
+    options = BuildOptions(resize=16, workers=1)
+    with pytest.raises(KeyboardInterrupt):
+        build_many([(images, lists)], options, progress=False)
+    monkeypatch.undo()
+    progress = [_state_next(d.out_dir / "lmdb.partial") for d in lists]
+    assert progress[0] == progress[1] > progress[2] > 0  # a and b a round ahead of c
+    build_many([(images, lists)], options, progress=False)
+    for d in lists:
+        _same_as_alone(d.out_dir, images, options, tmp_path / "alone" / d.out_dir.name)
+
+
+def _state_next(partial: Path) -> int:
+    import lmdb
+
+    env = lmdb.open(str(partial), readonly=True, lock=False, max_dbs=2)
+    try:
+        with env.begin(db=env.open_db(b"caffe-transfer-progress", create=False)) as txn:
+            return json.loads(txn.get(b"state"))["next"]
+    finally:
+        env.close()
