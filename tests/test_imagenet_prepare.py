@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -183,3 +184,19 @@ def _state_next(partial: Path) -> int:
             return json.loads(txn.get(b"state"))["next"]
     finally:
         env.close()
+
+
+def test_datalayer_benchmark_runs_and_prints_both_kinds(tmp_path):
+    bench = Path(__file__).resolve().parent.parent / "tools" / "bench_datalayer.py"
+    out = subprocess.run([sys.executable, str(bench), "--count", "16", "--batch", "8", "--seconds", "0.5",
+                          "--workdir", str(tmp_path)], capture_output=True, text=True, check=True).stdout
+    assert re.search(r"raw +\d+ images/s +[\d.]+ KB per image", out), out
+    assert re.search(r"encoded +\d+ images/s +[\d.]+ KB per image", out), out
+
+
+@pytest.mark.slow
+def test_prepare_benchmark_runs_and_prints_the_goal(tmp_path):
+    bench = Path(__file__).resolve().parent.parent / "tools" / "bench_prepare.py"
+    out = subprocess.run([sys.executable, str(bench), "--per-class", "1", "--encoded", "--workdir", str(tmp_path)],
+                         capture_output=True, text=True, check=True).stdout
+    assert re.search(r"one pass / 10 runs: [\d.]+x less CPU \(goal >= 4x\)", out), out
