@@ -119,6 +119,12 @@ def _bad(root: Path, wnids: list[str], truth: list[str], case: str) -> list[str]
         return ["--devkit", str(root / "devkit")]
     elif case == "no devkit":
         return ["--devkit", str(root)]
+    elif case == "not Kaggle's CSV":
+        labels.write_text("name,label\n" + "".join(f"{line.replace(' ', ',')}\n" for line in lines))
+        return ["--val-solution", str(labels)]
+    elif case == "two sources":
+        labels.write_text("\n".join(lines) + "\n")
+        return ["--val-labels", str(labels), "--devkit", str(root / "devkit")]
     return ["--val-labels", str(labels)]
 
 
@@ -133,6 +139,8 @@ def _bad(root: Path, wnids: list[str], truth: list[str], case: str) -> list[str]
     ("devkit class without a folder", "1 of its classes have no folder among the 12 train classes (the first: "
                                       "n00000001)"),
     ("no devkit", "no data/meta.mat; expected the ILSVRC2012 devkit folder"),
+    ("not Kaggle's CSV", "header 'name,label', expected 'ImageId,PredictionString'"),
+    ("two sources", "--val-labels and --devkit: give one source of val labels"),
 ])
 def test_bad_val_labels_are_one_line_errors_and_nothing_is_overwritten(case, needle, tree):
     root, wnids, truth = tree
