@@ -123,9 +123,10 @@ def _committed(partial: Path) -> int:
     """Images committed to a half-built LMDB."""
     import lmdb
 
-    if not (partial / "data.mdb").is_file():
-        return 0
-    env = lmdb.open(str(partial), readonly=True, lock=False, max_dbs=2)
+    try:
+        env = lmdb.open(str(partial), readonly=True, lock=False, max_dbs=2)
+    except lmdb.Error:
+        return 0  # not there yet, or being created this instant
     try:
         return max(0, env.stat()["entries"] - 1)  # less the progress sub-database's name
     finally:
