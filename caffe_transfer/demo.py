@@ -24,7 +24,7 @@ import numpy as np
 from caffe_transfer.common.atomic import write_atomic
 from caffe_transfer.common.errors import CaffeTransferError
 from caffe_transfer.data.lists import write_whole_lists
-from caffe_transfer.data.lmdb_builder import BuildOptions, build
+from caffe_transfer.data.lmdb import BuildOptions, build
 from caffe_transfer.data.splits import random_halves, split_datasets, write_splits
 from caffe_transfer.grid.scheduler import GridResult, run_grid
 from caffe_transfer.model.treatments import N_TRANSFERABLE, Kind, Treatment

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,15 +22,11 @@ from PIL import Image
 from caffe_transfer.cli import cli
 from caffe_transfer.common import caffe_env
 from caffe_transfer.common.errors import CaffeTransferError
-from caffe_transfer.data import lmdb_builder, splits
-from caffe_transfer.data.lmdb_builder import (
-    BuildOptions,
-    build,
-    datum_parts,
-    load_image,
-    order,
-    read_mean,
-)
+from caffe_transfer.data import splits
+from caffe_transfer.data.lmdb import BuildOptions, build, datum_parts, load_image, order, read_mean
+from caffe_transfer.data.lmdb import target, workers, writer
+from caffe_transfer.data.lmdb.datum import relabel
+from caffe_transfer.data.lmdb.decode import Converter
 
 HALF0A_VALID_MD5 = "2f10009e20d77eb7007cf70674958b94"  # published by the authors
 
@@ -75,7 +73,7 @@ def test_natman_and_wnids_shipped_in_splits_match_the_authors(reference):
 
 def test_reduced_train_sets_keep_the_first_k_images_of_each_class(tmp_path):
     rng = np.random.default_rng(3)
-    labels = rng.integers(0, 1000, size=6000)
+    labels = rng.permutation(np.arange(6000) % 1000)  # a whole list: every class has images
     whole = tmp_path / "whole_train.txt"
     whole.write_text("".join(f"n{label:08d}/img{i}.JPEG {label}\n" for i, label in enumerate(labels)))
     splits.write_splits(whole, "train", tmp_path / "lists")
@@ -221,6 +219,12 @@ def test_raw_datums_from_shared_memory_are_caffe_pb2s_own_bytes(tmp_path, pb2):
         head, tail = datum_parts(c, h, w, label)
         data = bytes(c * h * w)
         assert head + data + tail == pb2.Datum(channels=c, height=h, width=w, data=data, label=label).SerializeToString()
+    for datum in (pb2.Datum(channels=3, height=2, width=2, data=bytes(12), label=7),
+                  pb2.Datum(data=b"\xff\xd8\xff jpeg", label=300, encoded=True)):
+        for new in (0, 5, 2 ** 31 - 1, -1):
+            expected = pb2.Datum.FromString(datum.SerializeToString())
+            expected.label = new
+            assert relabel(memoryview(datum.SerializeToString()), datum.label, new) == expected.SerializeToString()
 
 
 def _contents(path: Path) -> dict[bytes, bytes]:
@@ -274,13 +278,13 @@ def _assert_same(lmdb_dir: Path, mean: Path, reference) -> None:
 
 
 def _killing(convert, dies):
-    """`_convert_chunk` in a worker that dies, as a decoder crashing or the OOM killer would end
+    """`Converter.chunk` in a worker that dies, as a decoder crashing or the OOM killer would end
     it, when `dies(chunk)`; every process that converts images runs it, one image alone too."""
-    def converting(chunk, slot):
+    def converting(self, chunk, slot):
         if dies(chunk):
             os.write(2, b"decoder: out of its mind\n")
             os.kill(os.getpid(), signal.SIGKILL)
-        return convert(chunk, slot)
+        return convert(self, chunk, slot)
     return converting
 
 
@@ -300,7 +304,7 @@ def _mean_of(contents: dict[bytes, bytes], pb2) -> np.ndarray:
 def test_an_image_that_kills_its_worker_is_skipped_and_the_rest_written(encoded, tmp_path, monkeypatch, pb2):
     options = BuildOptions(resize=32, encoded=encoded)
     list_file, images, reference = _with_reference(tmp_path, 700, (48, 36), options)
-    monkeypatch.setattr(lmdb_builder, "_convert_chunk", _killing(lmdb_builder._convert_chunk,
+    monkeypatch.setattr(Converter, "chunk", _killing(Converter.chunk,
                                                                  lambda chunk: any(p == 600 for p, _, _ in chunk)))
     culprit = splits.read_list(list_file)[order(700, True, 0)[600]][0]
     result = build(list_file, images, tmp_path / "out", options, progress=False)
@@ -315,16 +319,16 @@ def test_an_image_that_kills_its_worker_is_skipped_and_the_rest_written(encoded,
 def test_an_image_that_a_decoder_sticks_on_is_skipped(tmp_path, monkeypatch):
     options = BuildOptions(resize=32)
     list_file, images, reference = _with_reference(tmp_path, 400, (48, 36), options)
-    convert = lmdb_builder._convert_chunk
+    convert = Converter.chunk
 
-    def stuck_on_300(chunk, slot):  # a decoder in an endless loop on one file
+    def stuck_on_300(self, chunk, slot):  # a decoder in an endless loop on one file
         if any(p == 300 for p, _, _ in chunk):
             os.write(2, b"decoder: going round in circles\n")
             time.sleep(3600)
-        return convert(chunk, slot)
+        return convert(self, chunk, slot)
 
-    monkeypatch.setattr(lmdb_builder, "_convert_chunk", stuck_on_300)
-    monkeypatch.setattr(lmdb_builder, "STUCK_SECONDS", 1.0)
+    monkeypatch.setattr(Converter, "chunk", stuck_on_300)
+    monkeypatch.setattr(workers, "STUCK_SECONDS", 1.0)
     culprit = splits.read_list(list_file)[order(400, True, 0)[300]][0]
     result = build(list_file, images, tmp_path / "out", options, progress=False)
     assert (result.written, result.skipped) == (399, 1)
@@ -346,7 +350,7 @@ def test_a_worker_killed_once_costs_no_image(tmp_path, monkeypatch):
             return True
         return False
 
-    monkeypatch.setattr(lmdb_builder, "_convert_chunk", _killing(lmdb_builder._convert_chunk, once_at_600))
+    monkeypatch.setattr(Converter, "chunk", _killing(Converter.chunk, once_at_600))
     result = build(list_file, images, tmp_path / "out", options, progress=False)
     assert flag.exists() and (result.written, result.skipped) == (700, 0)
     _assert_same(result.lmdb, result.mean, reference)
@@ -363,9 +367,9 @@ def test_workers_dying_on_every_image_is_an_error_and_the_build_goes_on(tmp_path
             return True
         return False
 
-    monkeypatch.setattr(lmdb_builder, "_convert_chunk", _killing(lmdb_builder._convert_chunk, from_600_on_everything))
+    monkeypatch.setattr(Converter, "chunk", _killing(Converter.chunk, from_600_on_everything))
     out = tmp_path / "crashed"
-    chunk = lmdb_builder.CHUNK
+    chunk = workers.CHUNK
     first = splits.read_list(list_file)[order(700, True, 0)[600 // chunk * chunk]][0]  # of the chunk with 600
     with pytest.raises(CaffeTransferError, match=rf"worker \d died \(exit code -9, last words: decoder: out of its "
                                                  rf"mind\) converting the {chunk} images from {first} on, and so did "
@@ -375,7 +379,7 @@ def test_workers_dying_on_every_image_is_an_error_and_the_build_goes_on(tmp_path
         build(list_file, images, out, options, progress=False)
     assert "\n" not in str(err.value)
     env = lmdb.open(str(out / "lmdb.partial"), readonly=True, lock=False, max_dbs=2)
-    assert env.stat()["entries"] > lmdb_builder.BATCH  # what was committed before the crash is kept
+    assert env.stat()["entries"] > writer.BATCH  # what was committed before the crash is kept
     env.close()
     monkeypatch.undo()
     again = build(list_file, images, out, options, progress=False)
@@ -387,7 +391,7 @@ def test_workers_dying_on_every_image_is_an_error_and_the_build_goes_on(tmp_path
 def test_the_map_grows_as_needed(encoded, tmp_path, monkeypatch):
     options = BuildOptions(resize=64, encoded=encoded)
     list_file, images, whole = _with_reference(tmp_path, 300, (96, 72), options)
-    monkeypatch.setattr(lmdb_builder, "INITIAL_MAP_SIZE", 64 * 1024)  # a few hundred KB of Datums
+    monkeypatch.setattr(target, "INITIAL_MAP_SIZE", 64 * 1024)  # a few hundred KB of Datums
     grown = build(list_file, images, tmp_path / "grown", options, progress=False)
     assert grown.written == 300
     _assert_same(grown.lmdb, grown.mean, whole)
@@ -452,3 +456,159 @@ def test_lmdb_benchmark_runs_and_prints_ratios(tmp_path):
                          capture_output=True, text=True, check=True).stdout
     assert "make-lmdb raw / convert_imageset:" in out and "decode+resize limit:" in out
     assert "raw's writer alone caps it at" in out
+
+
+# --- safe builds --------------------------------------------------------------------------------
+def _make_lmdb(*args) -> object:
+    return CliRunner().invoke(cli, ["make-lmdb", *map(str, args)])
+
+
+def _one_line_error(result, *needles: str) -> None:
+    """Exit 1 with one error line, the last (above it, on stderr, only the bar and skipped images)."""
+    errors = [line for line in result.output.splitlines() if "Error" in line and "skipped:" not in line]
+    assert result.exit_code == 1 and len(errors) == 1 and result.output.endswith(errors[0] + "\n"), result.output
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+
+
+@pytest.mark.parametrize("force", [[], ["--force"]], ids=["plain", "forced"])
+def test_an_lmdb_make_lmdb_did_not_write_is_never_deleted(force, tmp_path):
+    images = tmp_path / "img"
+    list_file = _jpegs(images, 4, (40, 30))
+    out = tmp_path / "out"
+    out.mkdir()
+    env = lmdb.open(str(out / "lmdb"), map_size=1 << 20)  # as convert_imageset leaves it
+    with env.begin(write=True) as txn:
+        txn.put(b"00000000_theirs", b"their datum")
+    env.close()
+    _one_line_error(_make_lmdb(list_file, images, out, "--resize", "16", *force),
+                    f"{out / 'lmdb'} was not written by make-lmdb", "never deleted")
+    assert _contents(out / "lmdb") == {b"00000000_theirs": b"their datum"}
+    assert not (out / "COMPLETE").exists() and not (out / "lmdb.partial").exists()
+
+
+@pytest.mark.parametrize("change, needle", [
+    (["--resize", "24"], "--resize 16, not 24"),
+    (["--gray"], "--gray False, not True"),
+    (["--encoded"], "--encoded False, not True"),
+    (["--seed", "3"], "--seed 0, not 3"),
+    ("other list", "list contents"),
+], ids=["resize", "gray", "encoded", "seed", "list"])
+def test_a_complete_lmdb_run_again_with_other_settings_is_an_error_or_rebuilt_with_force(change, needle, tmp_path):
+    images = tmp_path / "img"
+    list_file = _jpegs(images, 6, (40, 30))
+    out = tmp_path / "out"
+    assert _make_lmdb(list_file, images, out, "--resize", "16").exit_code == 0
+    before = _contents(out / "lmdb")
+    flags = ["--resize", "16"]
+    if change == "other list":
+        list_file.write_text("".join(list_file.read_text().splitlines(keepends=True)[:4]))
+    else:
+        flags = [*flags, *change]
+    _one_line_error(_make_lmdb(list_file, images, out, *flags), f"{out / 'lmdb'} was built with other settings",
+                    needle, "--force rebuilds it")
+    assert _contents(out / "lmdb") == before and (out / "COMPLETE").is_file()
+    forced = _make_lmdb(list_file, images, out, *flags, "--force")
+    assert forced.exit_code == 0, forced.output
+    rebuilt = build(list_file, images, tmp_path / "fresh", BuildOptions(**_options(flags)), progress=False)
+    assert _contents(out / "lmdb") == _contents(rebuilt.lmdb) != before
+
+
+def _options(flags: list[str]) -> dict:
+    """BuildOptions' fields for make-lmdb's flags (the last of a repeated one wins, as in click)."""
+    values = {name: int(flags[len(flags) - 1 - flags[::-1].index(f"--{name}") + 1])
+              for name in ("resize", "seed") if f"--{name}" in flags}
+    values.update({name: True for name in ("gray", "encoded") if f"--{name}" in flags})
+    return values
+
+
+def test_a_half_built_lmdb_of_other_settings_is_kept_until_forced(tmp_path):
+    list_file, images, reference = _with_reference(tmp_path, 40, (40, 30), BuildOptions(resize=16))
+    out = tmp_path / "out"
+    (out / "lmdb.partial").mkdir(parents=True)
+    (out / "lmdb.partial" / "data.mdb").write_bytes(b"someone else's")
+    _one_line_error(_make_lmdb(list_file, images, out, "--resize", "16"), "lmdb.partial was not written by make-lmdb")
+    assert (out / "lmdb.partial" / "data.mdb").read_bytes() == b"someone else's"
+
+
+def test_our_half_built_lmdb_of_other_settings_is_an_error_until_forced(tmp_path):
+    images = tmp_path / "img"
+    list_file = _jpegs(images, 8, (40, 30))
+    out = tmp_path / "out"
+    entries = splits.read_list(list_file)
+    started = target.Target(list_file, out, entries, target.settings(list_file, entries, BuildOptions(resize=16)))
+    started.lock()
+    started.open(force=False)  # as a build killed before its first commit leaves it
+    started.close()
+    started.unlock()
+    _one_line_error(_make_lmdb(list_file, images, out, "--resize", "24"),
+                    "lmdb.partial is a build with other settings (--resize 16, not 24)", "--force to start again")
+    assert (out / "lmdb.partial" / "data.mdb").is_file()
+    forced = _make_lmdb(list_file, images, out, "--resize", "24", "--force")
+    assert forced.exit_code == 0 and json.loads((out / "COMPLETE").read_text())["resize"] == 24
+
+
+def test_a_build_with_every_image_missing_fails_and_marks_nothing_complete(tmp_path):
+    (tmp_path / "list.txt").write_text("a/1.jpg 0\na/2.jpg 1\nb/3.jpg 1\n")
+    out = tmp_path / "out"
+    _one_line_error(_make_lmdb(tmp_path / "list.txt", tmp_path, out),
+                    "none of the 3 images of", "could be read (the first: ", "nothing was marked complete")
+    assert not (out / "COMPLETE").exists() and not (out / "lmdb").exists() and not (out / "lmdb.partial").exists()
+    assert len((out / "skipped.txt").read_text().splitlines()) == 3
+
+
+def test_a_second_build_on_the_same_output_is_refused_by_the_lock(tmp_path, monkeypatch):
+    images = tmp_path / "img"
+    list_file = _jpegs(images, 200, (48, 36))
+    out = tmp_path / "out"
+    convert = Converter.chunk
+
+    def slowly(self, chunk, slot):  # a build that takes its time: 13 chunks of 0.3 s
+        time.sleep(0.3)
+        return convert(self, chunk, slot)
+
+    monkeypatch.setattr(Converter, "chunk", slowly)
+    first = threading.Thread(target=build, args=(list_file, images, out, BuildOptions(resize=32, workers=1)),
+                             kwargs={"progress": False})
+    first.start()
+    try:
+        deadline = time.time() + 60
+        while not (out / "lmdb.partial" / "data.mdb").is_file() and time.time() < deadline:
+            time.sleep(0.01)
+        second = subprocess.run([str(Path(sys.executable).parent / "caffe-transfer"), "make-lmdb", str(list_file),
+                                 str(images), str(out), "--resize", "32"], capture_output=True, text=True)
+        running = first.is_alive()
+    finally:
+        first.join()
+    assert running, "the first build finished before the second started"
+    assert second.returncode == 1 and second.stderr.count("\n") == 1, second.stderr
+    assert f"{out} is being built by another make-lmdb (pid {os.getpid()})" in second.stderr
+    assert json.loads((out / "COMPLETE").read_text())["written"] == 200
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MB file system of its own (tmpfs; needs root), grown with `grow(MB)`."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+
+    def grow(mb: int) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={mb}m", str(mount)], check=True)
+
+    yield mount, grow
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_a_full_disk_is_one_line_and_the_rerun_resumes(tmp_path, small_disk):
+    mount, grow = small_disk
+    list_file, images, reference = _with_reference(tmp_path, 300, (96, 72), BuildOptions(resize=64))  # 5 MB
+    out = mount / "out"
+    _one_line_error(_make_lmdb(list_file, images, out, "--resize", "64"), "no space left on the disk",
+                    "run the same command again")
+    assert not (out / "COMPLETE").exists()
+    grow(64)
+    again = _make_lmdb(list_file, images, out, "--resize", "64")
+    assert again.exit_code == 0, again.output
+    _assert_same(out / "lmdb", out / "mean.binaryproto", reference)

@@ -24,7 +24,7 @@ from PIL import Image
 from caffe_transfer.cli import cli
 from caffe_transfer.common import caffe_env
 from caffe_transfer.common.errors import CaffeTransferError
-from caffe_transfer.data.lmdb_builder import BuildOptions, build
+from caffe_transfer.data.lmdb import BuildOptions, build
 from caffe_transfer.model.treatments import parse
 from caffe_transfer.runs import logs
 from caffe_transfer.runs.folder import Run

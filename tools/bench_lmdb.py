@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from caffe_transfer.common import caffe_env
-from caffe_transfer.data.lmdb_builder import (
+from caffe_transfer.data.lmdb import (
     BuildOptions,
     build,
     init_decoder,
@@ -37,16 +37,17 @@ from caffe_transfer.data.lmdb_builder import (
 )
 
 
-def make_images(root: Path, count: int) -> Path:
+def make_images(root: Path, count: int, classes: int = 10) -> Path:
+    """`count` JPEGs of 500x375 in `classes` class folders, and their list."""
     rng = np.random.default_rng(0)
     lines = []
     # Smooth images with some texture compress like photographs (about 100 KB at quality 90).
     base = rng.integers(0, 256, size=(24, 32, 3), dtype=np.uint8)
     for i in range(count):
-        cls = i % 10
+        cls = i % classes
         folder = root / f"n{cls:08d}"
         folder.mkdir(parents=True, exist_ok=True)
-        small = np.roll(base, i, axis=1) ^ np.uint8(cls * 20)
+        small = np.roll(base, i, axis=1) ^ np.uint8(cls * 20 % 256)
         img = Image.fromarray(small).resize((500, 375), Image.BICUBIC)
         noise = rng.integers(-12, 12, size=(375, 500, 3))
         arr = np.clip(np.asarray(img, dtype=np.int16) + noise, 0, 255).astype(np.uint8)
@@ -54,6 +55,16 @@ def make_images(root: Path, count: int) -> Path:
         lines.append(f"n{cls:08d}/img{i:05d}.JPEG {cls}\n")
     list_file = root / "list.txt"
     list_file.write_text("".join(lines))
+    return list_file
+
+
+def images_in(work: Path, count: int, classes: int = 10) -> Path:
+    """WORK/images with `count` generated JPEGs (made unless they are there already); its list."""
+    images = work / "images"
+    list_file = images / "list.txt"
+    if not list_file.is_file() or len(list_file.read_text().splitlines()) != count:
+        shutil.rmtree(images, ignore_errors=True)
+        make_images(images, count, classes)
     return list_file
 
 
@@ -68,11 +79,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path)
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_lmdb_"))
-    images = work / "images"
-    if not (images / "list.txt").is_file():
-        shutil.rmtree(images, ignore_errors=True)
-        make_images(images, args.count)
-    list_file = images / "list.txt"
+    list_file = images_in(work, args.count)
+    images = list_file.parent
     paths = [str(images / line.split()[0]) for line in list_file.read_text().splitlines()]
     n = len(paths)
     for p in paths:  # warm the page cache so every contender reads from memory

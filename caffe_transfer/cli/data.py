@@ -17,9 +17,10 @@ from caffe_transfer.common.errors import CaffeTransferError
 @click.option("--classes", "class_sets", multiple=True, metavar="NAME=FILE",
               help="Custom halves instead of the paper's: a dataset name and a file of class indices "
                    "or wnids (repeatable), e.g. --classes mysplitA=a.txt --classes mysplitB=b.txt.")
-@click.option("--num-classes", default=1000, show_default=True, help="Classes in the whole list.")
+@click.option("--num-classes", type=click.IntRange(min=2), help="Classes in the whole list (default: inferred).")
 @click.option("--check", "check_dir", type=click.Path(path_type=Path),
-              help="Verify a folder of lists instead: disjoint halves, complete cover, labels 0..K-1.")
+              help="Verify a folder of lists instead: disjoint halves, complete cover, labels 0..K-1, "
+                   "every class with images, each path once and of one class.")
 def splits(whole_list, subset, out, class_sets, num_classes, check_dir) -> None:
     """Write the paper's class-split lists, byte-identical to the authors'.
 
@@ -45,45 +46,66 @@ def splits(whole_list, subset, out, class_sets, num_classes, check_dir) -> None:
             if not sep:
                 raise CaffeTransferError(f"--classes {item!r}: expected NAME=FILE")
             custom[name] = read_class_set(path)
-    folders = write_splits(whole_list, subset, out, custom=custom, num_classes=num_classes)
-    click.echo(f"wrote {len(folders)} list folders under {out}: {', '.join(f.name for f in folders)}")
+    result = write_splits(whole_list, subset, out, custom=custom, num_classes=num_classes)
+    for note in result.notes:
+        click.echo(f"{whole_list}: {note}")
+    click.echo(f"wrote {len(result.folders)} list folders under {out}: {', '.join(f.name for f in result.folders)}")
 
 
 @click.command()
 @click.option("--train-dir", required=True, type=click.Path(path_type=Path), help="Tree of CLASS/IMAGE.")
-@click.option("--val-dir", type=click.Path(path_type=Path), help="Val images: CLASS/IMAGE, or flat with --val-labels.")
+@click.option("--val-dir", type=click.Path(path_type=Path), help="Val images: CLASS/IMAGE, or flat with --devkit, --val-solution or --val-labels.")
+@click.option("--devkit", type=click.Path(path_type=Path),
+              help="Label a flat val folder by the ILSVRC2012 devkit folder (data/meta.mat and the ground truth).")
+@click.option("--val-solution", type=click.Path(path_type=Path),
+              help="Label a flat val folder by Kaggle's LOC_val_solution.csv.")
 @click.option("--val-labels", type=click.Path(path_type=Path),
-              help="Label file for a flat val folder: `NAME LABEL`, `NAME WNID`, or one label per line.")
+              help="Label a flat val folder by a file of `NAME LABEL` (Caffe's val.txt) or `NAME WNID` lines.")
 @click.option("--out", "-o", default=".", show_default=True, type=click.Path(path_type=Path))
-def lists(train_dir, val_dir, val_labels, out) -> None:
+def lists(train_dir, val_dir, devkit, val_solution, val_labels, out) -> None:
     """Write whole_train.txt and whole_valid.txt from an image tree (classes in sorted order)."""
     from caffe_transfer.data.lists import write_whole_lists
 
-    for path in write_whole_lists(train_dir, val_dir, out, val_labels):
+    for path in write_whole_lists(train_dir, val_dir, out, val_labels, devkit, val_solution):
         click.echo(f"wrote {path} ({sum(1 for _ in path.open())} images)")
+
+
+def build_options(f):
+    """The options that decide an LMDB's contents, and how it is built (make-lmdb and prepare)."""
+    for option in reversed([
+        click.option("--resize", default=256, show_default=True, help="Resize to N x N (0 keeps sizes)."),
+        click.option("--encoded", is_flag=True, help="Store JPEG bytes instead of raw pixels (about 8x smaller)."),
+        click.option("--gray", is_flag=True, help="One grey channel instead of BGR."),
+        click.option("--no-shuffle", is_flag=True, help="Keep the list order (default: shuffle with --seed)."),
+        click.option("--seed", default=0, show_default=True, help="Shuffle seed."),
+        click.option("--workers", type=click.IntRange(min=1), help="Decoding processes (default: all cores)."),
+        click.option("--force", is_flag=True, help="Rebuild a complete LMDB, or restart a half-built one of other "
+                     "settings (never one make-lmdb did not write)."),
+    ]):
+        f = option(f)
+    return f
+
+
+def _options(resize, encoded, gray, no_shuffle, seed, workers):
+    from caffe_transfer.data.lmdb import BuildOptions
+
+    return BuildOptions(resize=resize, shuffle=not no_shuffle, seed=seed, encoded=encoded, workers=workers, gray=gray)
 
 
 @click.command("make-lmdb")
 @click.argument("list_file", type=click.Path(path_type=Path))
 @click.argument("image_root", type=click.Path(path_type=Path))
 @click.argument("out_dir", type=click.Path(path_type=Path))
-@click.option("--resize", default=256, show_default=True, help="Resize to N x N (0 keeps sizes).")
-@click.option("--encoded", is_flag=True, help="Store JPEG bytes instead of raw pixels (about 8x smaller).")
-@click.option("--gray", is_flag=True, help="One grey channel instead of BGR.")
-@click.option("--no-shuffle", is_flag=True, help="Keep the list order (default: shuffle with --seed).")
-@click.option("--seed", default=0, show_default=True, help="Shuffle seed.")
-@click.option("--workers", type=click.IntRange(min=1), help="Decoding processes (default: all cores).")
-@click.option("--force", is_flag=True, help="Rebuild a complete LMDB.")
+@build_options
 def make_lmdb(list_file, image_root, out_dir, resize, encoded, gray, no_shuffle, seed, workers, force) -> None:
     """Build an LMDB and its mean image from a list (resumable, parallel).
 
     Writes OUT_DIR/lmdb and OUT_DIR/mean.binaryproto as convert_imageset and compute_image_mean
     would, with a progress bar; a killed build continues where it stopped."""
-    from caffe_transfer.data.lmdb_builder import BuildOptions, build
+    from caffe_transfer.data.lmdb import build
 
-    options = BuildOptions(resize=resize, shuffle=not no_shuffle, seed=seed, encoded=encoded,
-                           workers=workers, gray=gray)
-    result = build(list_file, image_root, out_dir, options, force=force)
+    result = build(list_file, image_root, out_dir, _options(resize, encoded, gray, no_shuffle, seed, workers),
+                   force=force)
     if result.already_complete:
         click.echo(f"{result.lmdb} is already complete ({result.written} images); --force rebuilds it")
         return
@@ -92,3 +114,37 @@ def make_lmdb(list_file, image_root, out_dir, resize, encoded, gray, no_shuffle,
     click.echo(f"wrote {result.written} images to {result.lmdb} in {result.seconds:.1f} s ({rate:.0f} images/s); "
                f"skipped {result.skipped} (see {out_dir / 'skipped.txt'}){warned}; "
                f"mean: {result.mean or 'none (mixed sizes)'}")
+
+
+@click.command()
+@click.option("--train-dir", required=True, type=click.Path(path_type=Path), help="ImageNet's train tree, WNID/IMAGE.")
+@click.option("--val-dir", required=True, type=click.Path(path_type=Path),
+              help="Val images: flat (with --devkit, --val-solution or --val-labels) or CLASS/IMAGE.")
+@click.option("--devkit", type=click.Path(path_type=Path), help="The ILSVRC2012 devkit folder, for val labels.")
+@click.option("--val-solution", type=click.Path(path_type=Path), help="Kaggle's LOC_val_solution.csv, for val labels.")
+@click.option("--val-labels", type=click.Path(path_type=Path), help="`NAME LABEL` or `NAME WNID` lines, for val labels.")
+@click.option("--experiments", default="all", show_default=True,
+              help="The datasets of these experiments, as plan takes them: random, natman, nolearn, reduced, netbase.")
+@click.option("--splits", default="0,1,2,3", show_default=True, help="Random splits of the random experiment.")
+@click.option("--out", "-o", "data_root", required=True, type=click.Path(path_type=Path),
+              help="DATA_ROOT: lists, and one folder per dataset (gen's and plan's --data-root).")
+@build_options
+def prepare(train_dir, val_dir, devkit, val_solution, val_labels, experiments, splits, data_root, resize, encoded,
+            gray, no_shuffle, seed, workers, force) -> None:
+    """Write every list, split, LMDB and mean the chosen experiments need, decoding each image once.
+
+    Prints the disk each dataset needs (raw and --encoded) and refuses a disk too small; one
+    progress bar for all; a killed run continues where it stopped."""
+    from caffe_transfer.cli.options import csv_list
+    from caffe_transfer.data.prepare import prepare as run
+    from caffe_transfer.grid.plan import select
+
+    treatments = select(csv_list(experiments), csv_list(splits))
+    datasets = sorted({name for t in treatments for name in (t.train_set, t.val_set)})
+    done = run(train_dir, val_dir, data_root, datasets, _options(resize, encoded, gray, no_shuffle, seed, workers),
+               val_labels, devkit, val_solution, force, say=click.echo)
+    for note in done.notes:
+        click.echo(note)
+    built = sum(not r.already_complete for r in done.results.values())
+    click.echo(f"{len(done.results)} datasets under {data_root} ({built} built now, "
+               f"{len(done.results) - built} already complete): {', '.join(done.results)}")

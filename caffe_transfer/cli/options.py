@@ -39,7 +39,7 @@ def net_options(f):
         click.option("--arch", default="caffenet", show_default=True, help="Architecture: caffenet or small."),
         click.option("--data-root", default="data", show_default=True, type=click.Path(path_type=Path),
                      help="Folder with one subfolder per dataset (half0A_train/lmdb, .../mean.binaryproto)."),
-        click.option("--backend", default="lmdb", show_default=True, help="Database backend: lmdb or leveldb."),
+        click.option("--backend", default="lmdb", show_default=True, help="Database backend: lmdb (the only one make-lmdb writes and this Caffe reads)."),
         click.option("--fc8-outputs", help="fc8 width: a number, or 'classes' for the paper's N-way head "
                      "(default: 1000 for caffenet, as in every released net; classes for small)."),
         click.option("--cpu", is_flag=True, help="solver_mode CPU instead of GPU."),

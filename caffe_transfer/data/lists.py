@@ -2,9 +2,12 @@
 
 A tree laid out as `CLASS/IMAGE` (ImageNet's train folder, or any dataset) gives one `PATH LABEL`
 line per image, with class indices in the sorted order of the class folder names (for ImageNet
-that is the order of the wnids, i.e. the ILSVRC2012 class index). Validation images come either
-in the same layout, or flat in one folder with a label file (`NAME LABEL` or `NAME WNID` per line,
-or one label per line in sorted file order, as the ILSVRC2012 devkit gives them).
+that is the order of the wnids, i.e. Caffe's ILSVRC2012 label). Validation images come either in
+the same layout, or flat in one folder labelled by the ILSVRC2012 devkit (`--devkit`), Kaggle's
+LOC_val_solution.csv (`--val-solution`), or a file of `NAME WNID` or `NAME LABEL` lines (Caffe's
+val.txt). A file of bare numbers (the devkit's ground truth, in its own class order) is refused:
+guessing its meaning mislabels every image. Every image of the folder must be labelled exactly
+once, by a label in range, and every name labelled must be there.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from pathlib import Path
 
 from caffe_transfer.common.atomic import write_atomic
 from caffe_transfer.common.errors import CaffeTransferError
+from caffe_transfer.data.imagenet import devkit_val_wnids, solution_val_wnids
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".ppm", ".pgm", ".webp", ".tif", ".tiff")
 
@@ -42,44 +46,103 @@ def tree_list(root: str | Path, classes: list[str]) -> list[tuple[str, int]]:
     return entries
 
 
-def flat_list(root: str | Path, labels_file: str | Path, classes: list[str]) -> list[tuple[str, int]]:
-    """Images of a flat folder labelled by `labels_file`."""
-    root, labels_file = Path(root), Path(labels_file)
-    if not labels_file.is_file():
-        raise CaffeTransferError(f"label file {labels_file} does not exist")
+def read_val_labels(path: str | Path, classes: list[str]) -> dict[str, int]:
+    """Image name -> label from `NAME LABEL` or `NAME WNID` lines; bare numbers are refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise CaffeTransferError(f"label file {path} does not exist")
     index = {name: i for i, name in enumerate(classes)}
-    rows = [line.split() for line in labels_file.read_text().splitlines() if line.strip()]
-
-    def label(value: str) -> int:
+    labels: dict[str, int] = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) == 1 and fields[0].isdigit():
+            raise CaffeTransferError(
+                f"{path}:{number}: a bare number: the devkit's ILSVRC2012_validation_ground_truth.txt numbers "
+                "classes in its own order, not Caffe's; give --devkit DIR (the devkit folder) instead")
+        if len(fields) != 2:
+            raise CaffeTransferError(f"{path}:{number}: {line!r} is not `NAME LABEL` or `NAME WNID`")
+        name, value = fields
         if value.isdigit():
-            return int(value)
-        if value in index:
-            return index[value]
-        raise CaffeTransferError(f"{labels_file}: label {value!r} is neither an index nor a class name")
+            label = int(value)
+            if label >= len(classes):
+                raise CaffeTransferError(f"{path}:{number}: label {label} outside 0..{len(classes) - 1} "
+                                         f"(the {len(classes)} class folders)")
+        elif value in index:
+            label = index[value]
+        else:
+            raise CaffeTransferError(f"{path}:{number}: {value!r} is neither a label nor a class folder's name")
+        if name in labels:
+            raise CaffeTransferError(f"{path}:{number}: {name} is labelled twice")
+        labels[name] = label
+    return labels
 
-    if all(len(r) == 1 for r in rows):  # the devkit's one label per image, in sorted file order
-        images = _images(root)
-        if len(images) != len(rows):
-            raise CaffeTransferError(f"{labels_file} has {len(rows)} labels for {len(images)} images in {root}")
-        return [(p.name, label(r[0])) for p, r in zip(images, rows)]
-    return [(r[0], label(r[-1])) for r in rows]
+
+def _by_wnid(wnids: dict[str, str], classes: list[str], source: str) -> dict[str, int]:
+    index = {name: i for i, name in enumerate(classes)}
+    missing = sorted({w for w in wnids.values() if w not in index})
+    if missing:
+        raise CaffeTransferError(f"{source}: {len(missing)} of its classes have no folder among the {len(classes)} "
+                                 f"train classes (the first: {missing[0]})")
+    return {name: index[w] for name, w in wnids.items()}
+
+
+def flat_list(root: str | Path, labels: dict[str, int], source: str) -> list[tuple[str, int]]:
+    """The images of a flat folder with their labels (a name may leave out the extension, as
+    Kaggle's ImageId does): each image labelled once, each name labelled there."""
+    root = Path(root)
+    if not root.is_dir():
+        raise CaffeTransferError(f"val folder {root} does not exist")
+    images = _images(root)
+    names = {p.name for p in images}
+    stems: dict[str, str] = {}
+    for p in images:
+        stems.setdefault(p.stem, p.name)
+    out: dict[str, int] = {}
+    for key, label in labels.items():
+        name = key if key in names else stems.get(key)
+        if name is None:
+            raise CaffeTransferError(f"{source}: {key} is not an image in {root}")
+        if name in out:
+            raise CaffeTransferError(f"{source}: {name} is labelled twice (as {key} too)")
+        out[name] = label
+    unlabelled = [n for n in sorted(names) if n not in out]
+    if unlabelled:
+        raise CaffeTransferError(f"{len(unlabelled)} images of {root} have no label in {source} "
+                                 f"(the first: {unlabelled[0]})")
+    return sorted(out.items())
 
 
 def write_whole_lists(train_dir: str | Path, val_dir: str | Path | None, out_dir: str | Path,
-                      val_labels: str | Path | None = None) -> list[Path]:
+                      val_labels: str | Path | None = None, devkit: str | Path | None = None,
+                      val_solution: str | Path | None = None) -> list[Path]:
     """Write `whole_train.txt` (and `whole_valid.txt`) into `out_dir`; returns their paths."""
     classes = class_folders(train_dir)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    given = [(flag, value) for flag, value in (("--val-labels", val_labels), ("--devkit", devkit),
+                                               ("--val-solution", val_solution)) if value is not None]
+    if len(given) > 1:
+        raise CaffeTransferError(f"{given[0][0]} and {given[1][0]}: give one source of val labels")
     lists = {"whole_train.txt": tree_list(train_dir, classes)}
     if val_dir is not None:
         val_dir = Path(val_dir)
-        if val_labels is not None:
-            lists["whole_valid.txt"] = flat_list(val_dir, val_labels, classes)
+        if devkit is not None:
+            named = _by_wnid(devkit_val_wnids(devkit), classes, f"--devkit {devkit}")
+            lists["whole_valid.txt"] = flat_list(val_dir, named, f"--devkit {devkit}")
+        elif val_solution is not None:
+            named = _by_wnid(solution_val_wnids(val_solution), classes, str(val_solution))
+            lists["whole_valid.txt"] = flat_list(val_dir, named, str(val_solution))
+        elif val_labels is not None:
+            lists["whole_valid.txt"] = flat_list(val_dir, read_val_labels(val_labels, classes), str(val_labels))
         elif val_dir.is_dir() and any(p.is_dir() for p in val_dir.iterdir()):
             lists["whole_valid.txt"] = tree_list(val_dir, classes)
         else:
-            raise CaffeTransferError(f"{val_dir}: no class folders; give --val-labels for a flat val folder")
+            raise CaffeTransferError(f"{val_dir}: no class folders; label a flat val folder with --devkit DIR, "
+                                     "--val-solution FILE or --val-labels FILE")
+    elif given:
+        raise CaffeTransferError(f"{given[0][0]} labels val images: give --val-dir too")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name, entries in lists.items():
         if not entries:

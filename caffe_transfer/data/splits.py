@@ -9,6 +9,7 @@ man-made "A".
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -103,26 +104,67 @@ def split_datasets(split: str, classes_a: list[int], classes_b: list[int]) -> di
     return {f"half{word}A": classes_a, f"half{word}B": classes_b}
 
 
-def write_splits(whole_list: str | Path, subset: str, out_dir: str | Path,
-                 custom: dict[str, list[int]] | None = None, num_classes: int = IMAGENET_CLASSES,
-                 reduced: tuple[int, ...] | None = None) -> list[Path]:
-    """Write the authors' list folders for one subset of a whole list; returns the folders.
+@dataclass
+class Splits:
+    """What `write_splits` wrote: the list folders, the whole list's class count, and what the
+    user should be told (a count inferred, halves left out)."""
 
-    Default: the 4 random halves and the natural/man-made halves, and for train the reduced
-    sets. `custom` maps dataset names to class-index sets instead (e.g. the demo's halves)."""
+    folders: list[Path]
+    num_classes: int
+    notes: list[str]
+
+
+def class_count(whole_list: str | Path, entries: list[tuple[str, int]], num_classes: int | None) -> tuple[int, str]:
+    """The classes of a whole list, checked: each path once, labels 0..K-1 each with images, K
+    equal to `num_classes` where given; and a note when K was inferred."""
+    first: dict[str, int] = {}
+    for name, label in entries:
+        if name in first:
+            raise CaffeTransferError(f"{whole_list}: {name} is listed twice (labels {first[name]} and {label}): "
+                                     "each image once")
+        first[name] = label
+    labels = sorted(set(first.values()))
+    if labels[0] < 0:
+        raise CaffeTransferError(f"{whole_list}: label {labels[0]} is negative: expected 0..K-1")
+    k = labels[-1] + 1 if num_classes is None else num_classes
+    if num_classes is not None and (labels[-1] >= k or len(labels) != k):
+        raise CaffeTransferError(f"{whole_list} has {len(labels)} classes (labels {labels[0]}..{labels[-1]}), not "
+                                 f"--num-classes {k}: give --num-classes {len(labels)}, or leave it out to infer it")
+    missing = sorted(set(range(k)) - set(labels))
+    if missing:
+        raise CaffeTransferError(f"{whole_list}: {len(missing)} of the classes 0..{k - 1} have no image (the first: "
+                                 f"{missing[0]}): every class of a whole list needs images")
+    return k, "" if num_classes is not None else f"{k} classes (inferred from the labels 0..{k - 1})"
+
+
+def write_splits(whole_list: str | Path, subset: str, out_dir: str | Path,
+                 custom: dict[str, list[int]] | None = None, num_classes: int | None = None,
+                 reduced: tuple[int, ...] | None = None) -> Splits:
+    """Write the authors' list folders for one subset of a whole list.
+
+    Default: the 4 random halves, the natural/man-made halves (for ImageNet's 1000 classes only),
+    and for train the reduced sets. `custom` maps dataset names to class-index sets instead (e.g.
+    the demo's halves). `num_classes` None: inferred from the labels, and said so."""
     from caffe_transfer.common.atomic import write_atomic
 
     if subset not in SUBSETS:
         raise CaffeTransferError(f"subset {subset!r}: expected one of {', '.join(SUBSETS)}")
     entries = read_list(whole_list)
-    bad = sorted({label for _, label in entries if not 0 <= label < num_classes})
-    if bad:
-        raise CaffeTransferError(f"{whole_list}: labels {bad[:5]} outside 0..{num_classes - 1}")
+    num_classes, note = class_count(whole_list, entries, num_classes)
+    notes = [note] if note else []
     if custom is None:
         custom = {}
         for s in SPLIT_IDS:
+            if s == "natman" and num_classes != IMAGENET_CLASSES:
+                notes.append(f"natural/man-made halves left out: they split ImageNet's {IMAGENET_CLASSES} classes, "
+                             f"this list has {num_classes}")
+                continue
             halves = natman_halves() if s == "natman" else random_halves(int(s), num_classes)
             custom.update(split_datasets(s, *halves))
+    for name, classes in custom.items():
+        outside = [c for c in classes if not 0 <= c < num_classes]
+        if outside:
+            raise CaffeTransferError(f"{name}: class {outside[0]} outside the list's 0..{num_classes - 1}")
     out_dir = Path(out_dir)
     written = []
     plan = {f"{name}_{subset}": subset_lists(entries, classes) for name, classes in custom.items()}
@@ -140,7 +182,7 @@ def write_splits(whole_list: str | Path, subset: str, out_dir: str | Path,
             written.append(folder)
     except OSError as e:
         raise CaffeTransferError(f"cannot write lists under {out_dir}: {e.strerror or e}") from None
-    return written
+    return Splits(written, num_classes, notes)
 
 
 def read_class_set(path: str | Path, wnids: list[str] | None = None) -> list[int]:
@@ -165,15 +207,18 @@ def imagenet_wnids() -> list[str]:
 
 def check_lists(directory: str | Path) -> list[str]:
     """Problems in a folder of list folders: overlapping or incomplete halves, labels outside
-    0..K-1, idxmaps that disagree with the labels. An empty result means all is well."""
+    0..K-1, idxmaps that disagree with the labels, classes without images, paths listed twice or
+    with conflicting labels. An empty result means all is well."""
     directory = Path(directory)
     problems = []
     folders = sorted(p for p in directory.iterdir() if (p / "files.txt").is_file()) if directory.is_dir() else []
     if not folders:
         return [f"{directory}: no list folders (expected DIR/<dataset>/files.txt)"]
     classes: dict[str, set[int]] = {}
+    original: dict[str, tuple[int, str]] = {}  # path -> (its ILSVRC2012 class, the first folder saying so)
     for folder in folders:
-        labels = {label for _, label in read_list(folder / "files.txt")}
+        entries = read_list(folder / "files.txt")
+        labels = {label for _, label in entries}
         idxmap = folder / "idxmap.txt"
         if not idxmap.is_file():
             problems.append(f"{folder.name}: no idxmap.txt")
@@ -185,7 +230,19 @@ def check_lists(directory: str | Path) -> list[str]:
             problems.append(f"{folder.name}: idxmap's new labels are not 0..{k - 1}")
         if not labels <= set(range(k)):
             problems.append(f"{folder.name}: labels {sorted(labels - set(range(k)))[:5]} outside 0..{k - 1}")
+        empty = sorted(old for old, new in pairs if new not in labels)
+        if empty:
+            problems.append(f"{folder.name}: {len(empty)} classes of its idxmap have no image (the first: {empty[0]})")
         classes[folder.name] = {old for old, _ in pairs}
+        old_of = {new: old for old, new in pairs}
+        seen: set[str] = set()
+        for name, label in entries:
+            if name in seen:
+                problems.append(f"{folder.name}: {name} is listed twice")
+            seen.add(name)
+            was = original.setdefault(name, (old_of.get(label, -1), folder.name))
+            if was[0] != old_of.get(label, -1):
+                problems.append(f"{name} is class {was[0]} in {was[1]} but class {old_of.get(label)} in {folder.name}")
     for name, own in classes.items():
         if "A_" not in name or not name.startswith("half"):
             continue

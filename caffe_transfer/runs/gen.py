@@ -34,7 +34,9 @@ from caffe_transfer.model.treatments import Kind, Treatment
 
 TRAINABLE = [{"lr_mult": 1, "decay_mult": 1}, {"lr_mult": 2, "decay_mult": 0}]
 FROZEN = [{"lr_mult": 0, "decay_mult": 0}, {"lr_mult": 0, "decay_mult": 0}]
-BACKENDS = ("lmdb", "leveldb")
+# LMDB only: make-lmdb and prepare write no LevelDB, and the Caffe tools/install_caffe.sh builds has
+# none (USE_LEVELDB=OFF), so a LevelDB net would fail only when Caffe starts.
+BACKENDS = ("lmdb",)
 EXECUTABLE = ("run.sh",)
 SNAPSHOT_DIR = "snapshots"
 NET_NAME = "CaffeNet"
@@ -124,7 +126,9 @@ def _data_layer(phase: str, source: Path, backend: str, mean: Path, arch: Archit
 
 def train_val_layers(treatment: Treatment, arch: Architecture, options: GenOptions) -> list[dict]:
     if options.backend not in BACKENDS:
-        raise CaffeTransferError(f"backend {options.backend!r}: expected one of {', '.join(BACKENDS)}")
+        why = (": make-lmdb writes LMDBs only, and Caffe as tools/install_caffe.sh builds it reads no LevelDB"
+               if options.backend == "leveldb" else "")
+        raise CaffeTransferError(f"backend {options.backend!r}: expected {' or '.join(BACKENDS)}{why}")
     mean = mean_path(options.data_root, treatment.mean_set)
     body, out = body_layers(treatment, arch)
     train = ProtoEnum("TRAIN")
@@ -145,7 +149,7 @@ def train_val_layers(treatment: Treatment, arch: Architecture, options: GenOptio
 
 def input_channels(mean_file: Path) -> int:
     """Channels of the net's input: the mean's where it exists already (1 for grey data), else 3."""
-    from caffe_transfer.data.lmdb_builder import read_mean
+    from caffe_transfer.data.lmdb import read_mean
 
     return read_mean(mean_file).shape[0] if Path(mean_file).is_file() else 3
 

@@ -1,0 +1,190 @@
+"""One OUT_DIR being built: its lock, what it holds already, and how it is finished.
+
+An OUT_DIR belongs to make-lmdb when its LMDB carries the settings file make-lmdb writes into it
+(`caffe-transfer-settings.json`, beside `data.mdb`: Caffe reads only the database). Anything
+else there (an LMDB from `convert_imageset`, say) is never deleted, even with --force. A finished
+LMDB built with other settings (another list, --resize, --gray, --encoded, --seed) is an error
+that names the difference, unless --force rebuilds it; so is a half-built one. One build at a
+time holds OUT_DIR's lock (`make-lmdb.lock`, an flock the kernel drops when the process dies).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lmdb
+
+from caffe_transfer.common.atomic import write_atomic
+from caffe_transfer.common.errors import CaffeTransferError
+from caffe_transfer.data.lmdb.datum import write_mean
+from caffe_transfer.data.lmdb.decode import BuildOptions
+from caffe_transfer.data.lmdb.writer import Flusher, State
+
+SETTINGS = "caffe-transfer-settings.json"
+LOCK = "make-lmdb.lock"
+INITIAL_MAP_SIZE = 1 << 30  # grown, by doubling, between transactions
+_OPTION_NAMES = {"list_sha256": "list contents", "resize": "--resize", "gray": "--gray", "encoded": "--encoded",
+                 "shuffle": "--no-shuffle", "seed": "--seed", "entries": "images listed", "list": "list"}
+
+
+def settings(list_file: Path, entries: list[tuple[str, int]], options: BuildOptions) -> dict:
+    """What decides an LMDB's contents: its list (by path and by contents) and the options."""
+    text = "".join(f"{path} {label}\n" for path, label in entries)
+    return {"list": str(Path(list_file).resolve()), "list_sha256": hashlib.sha256(text.encode()).hexdigest(),
+            "entries": len(entries), "resize": options.resize, "shuffle": options.shuffle, "seed": options.seed,
+            "encoded": options.encoded, "gray": options.gray}
+
+
+def difference(had: dict, wanted: dict) -> str:
+    """The settings that differ, as a user gave them ('--resize 256, not 32; ...'); empty when
+    none does. Builds of older versions recorded fewer: what they did not record is not compared."""
+    return "; ".join(f"{_OPTION_NAMES.get(k, k)} {had[k]}, not {wanted[k]}" for k in wanted
+                     if k in had and had[k] != wanted[k])
+
+
+@dataclass
+class Target:
+    """An OUT_DIR and its list; while building, its open LMDB and progress."""
+
+    list_file: Path
+    out_dir: Path
+    entries: list[tuple[str, int]]
+    settings: dict
+    env: lmdb.Environment | None = None
+    state: State | None = None
+    flusher: Flusher | None = None
+    _lock: int | None = field(default=None, repr=False)
+
+    @property
+    def final(self) -> Path:
+        return self.out_dir / "lmdb"
+
+    @property
+    def partial(self) -> Path:
+        return self.out_dir / "lmdb.partial"
+
+    @property
+    def complete(self) -> Path:
+        return self.out_dir / "COMPLETE"
+
+    @property
+    def mean(self) -> Path:
+        return self.out_dir / "mean.binaryproto"
+
+    def finished(self, force: bool) -> dict | None:
+        """COMPLETE's record when OUT_DIR holds this very LMDB, finished (and not forced again);
+        an error when it holds another."""
+        if not self.final.exists():
+            return None
+        if not self.ours():
+            raise CaffeTransferError(f"{self.final} was not written by make-lmdb (it has no {SETTINGS}): "
+                                     "move it away or choose another OUT_DIR; it is never deleted")
+        if force or not self.complete.is_file():
+            return None
+        record = json.loads(self.complete.read_text())
+        if difference(record, self.settings):
+            raise CaffeTransferError(f"{self.final} was built with other settings ({difference(record, self.settings)})"
+                                     ": --force rebuilds it, or choose another OUT_DIR")
+        return record
+
+    def ours(self) -> bool:
+        """Whether OUT_DIR/lmdb is make-lmdb's: its settings file, or COMPLETE as make-lmdb writes it
+        (builds before the settings file stayed in the LMDB)."""
+        if (self.final / SETTINGS).is_file():
+            return True
+        try:
+            return "written" in json.loads(self.complete.read_text())
+        except (OSError, ValueError, TypeError):
+            return False
+
+    def lock(self) -> None:
+        """Hold OUT_DIR's lock for the life of this build, or fail on one line."""
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.out_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise CaffeTransferError(f"cannot write {self.out_dir}: {e.strerror or e}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+            os.close(fd)
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            raise CaffeTransferError(f"{self.out_dir} is being built by another make-lmdb ({holder or 'a process'}):"
+                                     " wait for it to finish, or choose another OUT_DIR") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
+        self._lock = fd
+
+    def open(self, force: bool) -> None:
+        """Open (or start) OUT_DIR/lmdb.partial of these settings and its progress."""
+        partial, settings_file = self.partial, self.partial / SETTINGS
+        if partial.exists():
+            ours = settings_file.is_file() or not any(partial.iterdir())
+            if not ours:
+                raise CaffeTransferError(f"{partial} was not written by make-lmdb (it has no {SETTINGS}): "
+                                         "move it away or choose another OUT_DIR; it is never deleted")
+            had = json.loads(settings_file.read_text()) if settings_file.is_file() else self.settings
+            if difference(had, self.settings) and not force:
+                raise CaffeTransferError(f"{partial} is a build with other settings ({difference(had, self.settings)})"
+                                         ": run it again as it was to finish it, or --force to start again")
+            if force:
+                shutil.rmtree(partial)
+        partial.mkdir(exist_ok=True)
+        write_atomic(settings_file, json.dumps(self.settings, indent=1) + "\n")
+        # No fsync per commit: a killed process loses nothing the OS already has; synced at the end.
+        # No writemap: mapped pages could not be dropped from the page cache (see Flusher).
+        self.env = lmdb.open(str(partial), map_size=INITIAL_MAP_SIZE, max_dbs=2, sync=False, metasync=False)
+        self.state = State(self.env)
+        self.flusher = Flusher(partial / "data.mdb")
+
+    def discard(self) -> None:
+        """Remove a partial LMDB that holds no image (every one was skipped): nothing to resume;
+        skipped.txt says why."""
+        self.close()
+        shutil.rmtree(self.partial)
+        write_atomic(self.out_dir / "skipped.txt", "".join(f"{path}\t{text}\n" for path, text in self.state.skipped))
+
+    def finish(self) -> bool:
+        """Write the mean, drop the progress, rename to OUT_DIR/lmdb, write the reports and
+        COMPLETE (last, so that it always describes a finished LMDB); whether there is a mean."""
+        state = self.state
+        has_mean = bool(state.count) and state.sum is not None
+        if has_mean:
+            write_mean(self.mean, state.sum, state.count)
+        else:
+            self.mean.unlink(missing_ok=True)
+        with self.env.begin(write=True) as txn:
+            txn.drop(state.db, delete=True)
+        self.env.sync(True)
+        self.close()
+        self.complete.unlink(missing_ok=True)
+        if self.final.exists():
+            shutil.rmtree(self.final)  # ours: finished() checked its settings file
+        os.replace(self.partial, self.final)
+        for name, listing in (("skipped.txt", state.skipped), ("warnings.txt", state.warned)):
+            write_atomic(self.out_dir / name, "".join(f"{path}\t{text}\n" for path, text in listing))
+        write_atomic(self.complete, json.dumps({**self.settings, "written": state.count, "skipped": len(state.skipped),
+                                                "warned": len(state.warned), "mean": has_mean}, indent=1) + "\n")
+        return has_mean
+
+    def close(self) -> None:
+        if self.flusher is not None:
+            self.flusher.close()
+            self.flusher = None
+        if self.env is not None:
+            self.env.close()
+            self.env = None
+
+    def unlock(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
