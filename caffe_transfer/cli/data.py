@@ -6,19 +6,21 @@ from pathlib import Path
 
 import click
 
+from caffe_transfer.cli.types import LmdbFolder, NameFile, existing_dir, existing_file, out_dir
 from caffe_transfer.common.errors import CaffeTransferError
 
 
 @click.command()
-@click.option("--whole-list", required=False, type=click.Path(path_type=Path),
+@click.option("--whole-list", required=False, type=existing_file(),
               help="The whole list (`PATH LABEL` per line, ILSVRC2012 class indices).")
 @click.option("--subset", type=click.Choice(["train", "valid"]), help="Which subset the whole list is.")
-@click.option("--out", "-o", type=click.Path(path_type=Path), help="Folder for the list folders.")
-@click.option("--classes", "class_sets", multiple=True, metavar="NAME=FILE",
+@click.option("--out", "-o", type=out_dir(), help="Folder for the list folders.")
+@click.option("--classes", "class_sets", multiple=True, type=NameFile(),
               help="Custom halves instead of the paper's: a dataset name and a file of class indices "
                    "or wnids (repeatable), e.g. --classes mysplitA=a.txt --classes mysplitB=b.txt.")
-@click.option("--num-classes", default=1000, show_default=True, help="Classes in the whole list.")
-@click.option("--check", "check_dir", type=click.Path(path_type=Path),
+@click.option("--num-classes", default=1000, show_default=True, type=click.IntRange(min=2),
+              help="Classes in the whole list.")
+@click.option("--check", "check_dir", type=existing_dir(),
               help="Verify a folder of lists instead: disjoint halves, complete cover, labels 0..K-1.")
 def splits(whole_list, subset, out, class_sets, num_classes, check_dir) -> None:
     """Write the paper's class-split lists, byte-identical to the authors'.
@@ -36,25 +38,18 @@ def splits(whole_list, subset, out, class_sets, num_classes, check_dir) -> None:
         click.echo(f"{check_dir}: lists are consistent")
         return
     if not (whole_list and subset and out):
-        raise CaffeTransferError("splits needs --whole-list FILE --subset train|valid --out DIR (or --check DIR)")
-    custom = None
-    if class_sets:
-        custom = {}
-        for item in class_sets:
-            name, sep, path = item.partition("=")
-            if not sep:
-                raise CaffeTransferError(f"--classes {item!r}: expected NAME=FILE")
-            custom[name] = read_class_set(path)
+        raise click.UsageError("splits needs --whole-list FILE --subset train|valid --out DIR (or --check DIR)")
+    custom = {name: read_class_set(path) for name, path in class_sets} or None
     folders = write_splits(whole_list, subset, out, custom=custom, num_classes=num_classes)
     click.echo(f"wrote {len(folders)} list folders under {out}: {', '.join(f.name for f in folders)}")
 
 
 @click.command()
-@click.option("--train-dir", required=True, type=click.Path(path_type=Path), help="Tree of CLASS/IMAGE.")
-@click.option("--val-dir", type=click.Path(path_type=Path), help="Val images: CLASS/IMAGE, or flat with --val-labels.")
-@click.option("--val-labels", type=click.Path(path_type=Path),
+@click.option("--train-dir", required=True, type=existing_dir(), help="Tree of CLASS/IMAGE.")
+@click.option("--val-dir", type=existing_dir(), help="Val images: CLASS/IMAGE, or flat with --val-labels.")
+@click.option("--val-labels", type=existing_file(),
               help="Label file for a flat val folder: `NAME LABEL`, `NAME WNID`, or one label per line.")
-@click.option("--out", "-o", default=".", show_default=True, type=click.Path(path_type=Path))
+@click.option("--out", "-o", default=".", show_default=True, type=out_dir())
 def lists(train_dir, val_dir, val_labels, out) -> None:
     """Write whole_train.txt and whole_valid.txt from an image tree (classes in sorted order)."""
     from caffe_transfer.data.lists import write_whole_lists
@@ -64,14 +59,15 @@ def lists(train_dir, val_dir, val_labels, out) -> None:
 
 
 @click.command("make-lmdb")
-@click.argument("list_file", type=click.Path(path_type=Path))
-@click.argument("image_root", type=click.Path(path_type=Path))
-@click.argument("out_dir", type=click.Path(path_type=Path))
-@click.option("--resize", default=256, show_default=True, help="Resize to N x N (0 keeps sizes).")
+@click.argument("list_file", type=existing_file())
+@click.argument("image_root", type=existing_dir())
+@click.argument("out_dir", type=LmdbFolder())
+@click.option("--resize", default=256, show_default=True, type=click.IntRange(min=0),
+              help="Resize to N x N (0 keeps sizes).")
 @click.option("--encoded", is_flag=True, help="Store JPEG bytes instead of raw pixels (about 8x smaller).")
 @click.option("--gray", is_flag=True, help="One grey channel instead of BGR.")
 @click.option("--no-shuffle", is_flag=True, help="Keep the list order (default: shuffle with --seed).")
-@click.option("--seed", default=0, show_default=True, help="Shuffle seed.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Shuffle seed.")
 @click.option("--workers", type=click.IntRange(min=1), help="Decoding processes (default: all cores).")
 @click.option("--force", is_flag=True, help="Rebuild a complete LMDB.")
 def make_lmdb(list_file, image_root, out_dir, resize, encoded, gray, no_shuffle, seed, workers, force) -> None:
@@ -84,6 +80,9 @@ def make_lmdb(list_file, image_root, out_dir, resize, encoded, gray, no_shuffle,
     options = BuildOptions(resize=resize, shuffle=not no_shuffle, seed=seed, encoded=encoded,
                            workers=workers, gray=gray)
     result = build(list_file, image_root, out_dir, options, force=force)
+    if not result.written:
+        raise CaffeTransferError(f"{result.lmdb} holds no images: all {result.skipped} of {list_file} were "
+                                 f"skipped (see {out_dir / 'skipped.txt'}), so there is no mean either")
     if result.already_complete:
         click.echo(f"{result.lmdb} is already complete ({result.written} images); --force rebuilds it")
         return

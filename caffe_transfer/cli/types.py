@@ -1,0 +1,162 @@
+"""Click parameter types: every value is parsed and checked where it enters, with one line that
+names it and what was expected, before a command does anything."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import click
+
+from caffe_transfer.common.errors import CaffeTransferError
+from caffe_transfer.common.shell import one_line
+
+
+class SolverOverride(click.ParamType):
+    """KEY=VALUE, typed as the field is in Caffe's own SolverParameter: (key, value)."""
+
+    name = "KEY=VALUE"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        key, sep, text = value.partition("=")
+        if not sep:
+            self.fail(f"{value!r}: expected KEY=VALUE, e.g. max_iter=500", param, ctx)
+        from caffe_transfer.model.solvers import parse_override
+
+        try:
+            return key, parse_override(key, text)
+        except CaffeTransferError as e:
+            self.fail(str(e), param, ctx)
+
+
+class CommaList(click.ParamType):
+    """a,b,c as a list of non-empty items, each one of `choices` where given."""
+
+    name = "LIST"
+
+    def __init__(self, choices: tuple[str, ...] | None = None):
+        self.choices = choices
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        items = [v.strip() for v in value.split(",")]
+        if not all(items):
+            self.fail(f"{value!r}: expected a comma-separated list without empty items", param, ctx)
+        bad = [v for v in items if self.choices and v not in self.choices]
+        if bad:
+            self.fail(f"{bad[0]!r}: expected some of {', '.join(self.choices)}", param, ctx)
+        return items
+
+
+class GpuList(click.ParamType):
+    """0,1,3 as GPU ids: distinct non-negative integers."""
+
+    name = "IDS"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        items = [v.strip() for v in value.split(",")]
+        if not all(v.isdigit() for v in items) or len(set(map(int, items))) != len(items):
+            self.fail(f"{value!r}: expected distinct comma-separated GPU ids, e.g. 0,1", param, ctx)
+        return [int(v) for v in items]
+
+
+class NameFile(click.ParamType):
+    """NAME=FILE with FILE an existing file: (name, path)."""
+
+    name = "NAME=FILE"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        name, sep, path = value.partition("=")
+        if not (sep and name and path):
+            self.fail(f"{value!r}: expected NAME=FILE, e.g. mysplitA=a.txt", param, ctx)
+        return name, click.Path(exists=True, dir_okay=False, path_type=Path).convert(path, param, ctx)
+
+
+class FcOutputs(click.ParamType):
+    """fc8's width: a positive number or 'classes'."""
+
+    name = "N|classes"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or value == "classes":
+            return value
+        if not value.isdigit() or int(value) < 1:
+            self.fail(f"{value!r}: expected a positive number or 'classes'", param, ctx)
+        return int(value)
+
+
+class PositiveFloat(click.FloatRange):
+    """A finite number above 0 (click's FloatRange lets nan and inf through)."""
+
+    def __init__(self):
+        super().__init__(min=0, min_open=True)
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r}: expected a finite number above 0", param, ctx)
+        return number
+
+
+class ScriptPath(click.Path):
+    """A path that generated scripts will hold: no control characters (see common.shell)."""
+
+    def convert(self, value, param, ctx):
+        try:
+            one_line(value, "path")
+        except CaffeTransferError as e:
+            self.fail(str(e), param, ctx)
+        return super().convert(value, param, ctx)
+
+
+class ScriptLine(click.ParamType):
+    """Free text for one line of a generated script (an #SBATCH option): no control characters."""
+
+    name = "ARG"
+
+    def convert(self, value, param, ctx):
+        try:
+            return one_line(value, "argument")
+        except CaffeTransferError as e:
+            self.fail(str(e), param, ctx)
+
+
+class LmdbFolder(click.Path):
+    """make-lmdb's OUT_DIR: a folder (made if missing) whose `lmdb` and `lmdb.partial` are its
+    own, since the build renames one onto the other and deletes the partial one on --force."""
+
+    def __init__(self):
+        super().__init__(file_okay=False, path_type=Path)
+
+    def convert(self, value, param, ctx):
+        folder = super().convert(value, param, ctx)
+        for name in ("lmdb", "lmdb.partial"):
+            if (folder / name).is_symlink():
+                self.fail(f"{folder / name} is a symbolic link (to {(folder / name).readlink()}): make-lmdb "
+                          "writes that folder itself; link OUT_DIR instead, or remove the link", param, ctx)
+        return folder
+
+
+def existing_file(**kwargs) -> click.Path:
+    return click.Path(exists=True, dir_okay=False, path_type=Path, **kwargs)
+
+
+def existing_dir(**kwargs) -> click.Path:
+    return click.Path(exists=True, file_okay=False, path_type=Path, **kwargs)
+
+
+def out_dir() -> click.Path:
+    """A folder to write into: not an existing file (it is made if missing)."""
+    return click.Path(file_okay=False, path_type=Path)
+
+
+def out_file() -> click.Path:
+    """A file to write: not an existing folder."""
+    return click.Path(dir_okay=False, path_type=Path)
