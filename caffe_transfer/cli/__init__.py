@@ -27,9 +27,17 @@ def one_line(error: BaseException) -> str | None:
     raised while handling another (a full disk that fails a status write after failing Caffe)
     comes after the one it followed, which is the news."""
     message = _message(error)
-    context = None if error.__suppress_context__ else error.__context__
-    earlier = one_line(context) if message and context is not None else None
+    if message is None:
+        return None
+    context = _context(error)
+    while isinstance(error, OSError) and isinstance(context, OSError) and context.errno == error.errno:
+        context = _context(context)  # one failed write, told by write() and again by close()
+    earlier = one_line(context) if context is not None else None
     return f"{earlier} (and then: {message})" if earlier else message
+
+
+def _context(error: BaseException) -> BaseException | None:
+    return None if error.__suppress_context__ else error.__context__
 
 
 def _message(error: BaseException) -> str | None:
