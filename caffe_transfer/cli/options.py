@@ -15,6 +15,8 @@ from caffe_transfer.model.treatments import N_TRANSFERABLE, SPLIT_IDS
 
 
 class GroupedOption(click.Option):
+    """An option that --help lists under its group's title."""
+
     def __init__(self, *args, group: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.group = group

@@ -12,26 +12,50 @@ from caffe_transfer.common.errors import CaffeTransferError
 from caffe_transfer.common.shell import one_line
 
 
-class SolverOverride(click.ParamType):
-    """KEY=VALUE, typed as the field is in Caffe's own SolverParameter: (key, value)."""
-
-    name = "KEY=VALUE"
+class _Type(click.ParamType):
+    """A type that parses text with `parse`; a CaffeTransferError from the library's own check
+    becomes click's one-line "Invalid value" message."""
 
     def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
-        key, sep, text = value.partition("=")
-        if not sep:
-            self.fail(f"{value!r}: expected KEY=VALUE, e.g. max_iter=500", param, ctx)
-        from caffe_transfer.model.solvers import parse_override
-
+        if not isinstance(value, str):
+            return value  # converted already
         try:
-            return key, parse_override(key, text)
+            return self.parse(value, param, ctx)
         except CaffeTransferError as e:
             self.fail(str(e), param, ctx)
 
 
-class CommaList(click.ParamType):
+class _Pair(_Type):
+    """NAME=VALUE as (name, value parsed by `parse_value`); `example` shows the form."""
+
+    def parse(self, value, param, ctx):
+        key, sep, text = value.partition("=")
+        if not (sep and key and text):
+            self.fail(f"{value!r}: expected {self.name}, e.g. {self.example}", param, ctx)
+        return key, self.parse_value(key, text, param, ctx)
+
+
+class SolverOverride(_Pair):
+    """KEY=VALUE, typed as the field is in Caffe's own SolverParameter."""
+
+    name, example = "KEY=VALUE", "max_iter=500"
+
+    def parse_value(self, key, text, param, ctx):
+        from caffe_transfer.model.solvers import parse_override
+
+        return parse_override(key, text)
+
+
+class NameFile(_Pair):
+    """NAME=FILE with FILE an existing file."""
+
+    name, example = "NAME=FILE", "mysplitA=a.txt"
+
+    def parse_value(self, key, text, param, ctx):
+        return existing_file().convert(text, param, ctx)
+
+
+class CommaList(_Type):
     """a,b,c as a list of non-empty items, each one of `choices` where given."""
 
     name = "LIST"
@@ -39,9 +63,7 @@ class CommaList(click.ParamType):
     def __init__(self, choices: tuple[str, ...] | None = None):
         self.choices = choices
 
-    def convert(self, value, param, ctx):
-        if isinstance(value, list):
-            return value
+    def parse(self, value, param, ctx):
         items = [v.strip() for v in value.split(",")]
         if not all(items):
             self.fail(f"{value!r}: expected a comma-separated list without empty items", param, ctx)
@@ -51,43 +73,27 @@ class CommaList(click.ParamType):
         return items
 
 
-class GpuList(click.ParamType):
+class GpuList(_Type):
     """0,1,3 as GPU ids: distinct non-negative integers."""
 
     name = "IDS"
 
-    def convert(self, value, param, ctx):
-        if isinstance(value, list):
-            return value
+    def parse(self, value, param, ctx):
         items = [v.strip() for v in value.split(",")]
-        if not all(v.isdigit() for v in items) or len(set(map(int, items))) != len(items):
+        if not all(v.isdecimal() for v in items) or len(set(map(int, items))) != len(items):
             self.fail(f"{value!r}: expected distinct comma-separated GPU ids, e.g. 0,1", param, ctx)
         return [int(v) for v in items]
 
 
-class NameFile(click.ParamType):
-    """NAME=FILE with FILE an existing file: (name, path)."""
-
-    name = "NAME=FILE"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
-        name, sep, path = value.partition("=")
-        if not (sep and name and path):
-            self.fail(f"{value!r}: expected NAME=FILE, e.g. mysplitA=a.txt", param, ctx)
-        return name, click.Path(exists=True, dir_okay=False, path_type=Path).convert(path, param, ctx)
-
-
-class FcOutputs(click.ParamType):
+class FcOutputs(_Type):
     """fc8's width: a positive number or 'classes'."""
 
     name = "N|classes"
 
-    def convert(self, value, param, ctx):
-        if isinstance(value, int) or value == "classes":
+    def parse(self, value, param, ctx):
+        if value == "classes":
             return value
-        if not value.isdigit() or int(value) < 1:
+        if not value.isdecimal() or int(value) < 1:
             self.fail(f"{value!r}: expected a positive number or 'classes'", param, ctx)
         return int(value)
 
@@ -116,16 +122,13 @@ class ScriptPath(click.Path):
         return super().convert(value, param, ctx)
 
 
-class ScriptLine(click.ParamType):
+class ScriptLine(_Type):
     """Free text for one line of a generated script (an #SBATCH option): no control characters."""
 
     name = "ARG"
 
-    def convert(self, value, param, ctx):
-        try:
-            return one_line(value, "argument")
-        except CaffeTransferError as e:
-            self.fail(str(e), param, ctx)
+    def parse(self, value, param, ctx):
+        return one_line(value, "argument")
 
 
 class LmdbFolder(click.Path):
