@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import click
 
-from caffe_transfer.cli.types import LmdbFolder, NameFile, existing_dir, existing_file, out_dir
+from caffe_transfer.cli.types import ClassSet, LmdbFolder, existing_dir, existing_file, out_dir
 from caffe_transfer.common.errors import CaffeTransferError
 
 
@@ -15,7 +14,7 @@ from caffe_transfer.common.errors import CaffeTransferError
               help="The whole list (`PATH LABEL` per line, ILSVRC2012 class indices).")
 @click.option("--subset", type=click.Choice(["train", "valid"]), help="Which subset the whole list is.")
 @click.option("--out", "-o", type=out_dir(), help="Folder for the list folders.")
-@click.option("--classes", "class_sets", multiple=True, type=NameFile(),
+@click.option("--classes", "class_sets", multiple=True, type=ClassSet(),
               help="Custom halves instead of the paper's: a dataset name and a file of class indices "
                    "or wnids (repeatable), e.g. --classes mysplitA=a.txt --classes mysplitB=b.txt.")
 @click.option("--num-classes", default=1000, show_default=True, type=click.IntRange(min=2),
@@ -27,7 +26,7 @@ def splits(whole_list, subset, out, class_sets, num_classes, check_dir) -> None:
 
     The 4 random A/B halves, natural/man-made and (for train) the reduced sets; or --check a
     folder of lists."""
-    from caffe_transfer.data.splits import check_lists, read_class_set, write_splits
+    from caffe_transfer.data.splits import check_lists, write_splits
 
     if check_dir:
         problems = check_lists(check_dir)
@@ -39,8 +38,7 @@ def splits(whole_list, subset, out, class_sets, num_classes, check_dir) -> None:
         return
     if not (whole_list and subset and out):
         raise click.UsageError("splits needs --whole-list FILE --subset train|valid --out DIR (or --check DIR)")
-    custom = {name: read_class_set(path) for name, path in class_sets} or None
-    folders = write_splits(whole_list, subset, out, custom=custom, num_classes=num_classes)
+    folders = write_splits(whole_list, subset, out, custom=dict(class_sets) or None, num_classes=num_classes)
     click.echo(f"wrote {len(folders)} list folders under {out}: {', '.join(f.name for f in folders)}")
 
 

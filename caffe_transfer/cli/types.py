@@ -46,13 +46,15 @@ class SolverOverride(_Pair):
         return parse_override(key, text)
 
 
-class NameFile(_Pair):
-    """NAME=FILE with FILE an existing file."""
+class ClassSet(_Pair):
+    """NAME=FILE with FILE a file of class indices or wnids: (name, sorted class indices)."""
 
     name, example = "NAME=FILE", "mysplitA=a.txt"
 
     def parse_value(self, key, text, param, ctx):
-        return existing_file().convert(text, param, ctx)
+        from caffe_transfer.data.splits import read_class_set
+
+        return read_class_set(existing_file().convert(text, param, ctx))
 
 
 class CommaList(_Type):
