@@ -144,8 +144,8 @@ PROBES = [
     # parse-log
     ("parse-log {t}/missing.log", "does not exist"),
     ("parse-log {t}/adir", "is a directory"),
-    ("parse-log {t}/log.txt --csv {t}/missing/out", "missing"),
-    ("parse-log {t}/log.txt --csv {t}/afile/out", "afile"),
+    ("parse-log {t}/log.txt --csv {t}/missing/out", "missing' does not exist"),
+    ("parse-log {t}/log.txt --csv {t}/afile/out", "afile' is a file"),
     # report
     ("report {t}/missing", "does not exist"),
     ("report {t}/afile", "is a file"),

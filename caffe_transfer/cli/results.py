@@ -6,12 +6,12 @@ from pathlib import Path
 
 import click
 
-from caffe_transfer.cli.types import existing_dir, existing_file, out_dir, out_file
+from caffe_transfer.cli.types import FilePrefix, existing_dir, existing_file, out_dir, out_file
 
 
 @click.command("parse-log")
 @click.argument("logs", nargs=-1, required=True, type=existing_file())
-@click.option("--csv", "csv_prefix", type=click.Path(path_type=Path),
+@click.option("--csv", "csv_prefix", type=FilePrefix(),
               help="Write OUT.train.csv and OUT.test.csv (parse_log.py's columns).")
 def parse_log(logs: tuple[Path, ...], csv_prefix: Path | None) -> None:
     """Parse caffe train logs into tables and print the paper's metric.

@@ -149,6 +149,16 @@ class LmdbFolder(click.Path):
         return folder
 
 
+class FilePrefix(_Type):
+    """The start of output file names (PREFIX.train.csv, ...): its folder must exist."""
+
+    name = "PREFIX"
+
+    def parse(self, value, param, ctx):
+        existing_dir().convert(str(Path(value).parent), param, ctx)
+        return Path(value)
+
+
 def existing_file(**kwargs) -> click.Path:
     return click.Path(exists=True, dir_okay=False, path_type=Path, **kwargs)
 
