@@ -152,6 +152,8 @@ PROBES = [
     ("report {t}/adir", "no run folders"),
     ("report {t} --out {t}/afile", "is a file"),
     ("report {t} --json {t}/adir", "is a directory"),
+    ("--bogus", "No such option '--bogus'"),
+    ("nosuch", "No such command 'nosuch'"),
 ]
 
 

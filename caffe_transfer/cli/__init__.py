@@ -56,17 +56,28 @@ def _message(error: BaseException) -> str | None:
     return None
 
 
+def _without_usage(error: click.UsageError) -> click.ClickException:
+    """click's own check as one line, without the usage block it prints first."""
+    one = click.ClickException(f"{error.format_message()} (see {error.ctx.command_path} -h)"
+                               if error.ctx else error.format_message())
+    one.exit_code = error.exit_code
+    return one
+
+
 class _Group(click.Group):
     """Every error a user can cause ends as one line: "Error: ..."."""
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as e:
+            raise _without_usage(e) from None
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except click.UsageError as e:  # click's own checks, without the usage block it prints first
-            one = click.ClickException(f"{e.format_message()} (see {e.ctx.command_path} -h)"
-                                       if e.ctx else e.format_message())
-            one.exit_code = e.exit_code
-            raise one from None
+        except click.UsageError as e:
+            raise _without_usage(e) from None
         except Exception as e:
             message = one_line(e)
             if message is None:
