@@ -27,7 +27,8 @@ NL = "\n"
 
 # (command line with {t} for the user's tree, a fragment the one line must hold). The tree holds
 # afile (a file), adir (an empty folder), img/c0/*.png with list.txt, run (a gen'd run folder),
-# linked/lmdb (a symbolic link) and log.txt (a caffe train log).
+# linked/lmdb (a symbolic link), broken/ (an LMDB folder whose COMPLETE is cut short) and log.txt
+# (a caffe train log).
 PROBES = [
     # splits
     ("splits --whole-list {t}/missing --subset valid --out {t}/o", "does not exist"),
@@ -59,6 +60,7 @@ PROBES = [
     ("make-lmdb {t}/list.txt {t}/img {t}/o --seed -1", "range"),
     ("make-lmdb {t}/list.txt {t}/img {t}/o --workers 0", "range"),
     ("make-lmdb {t}/afile {t}/img {t}/o", "afile"),  # not a list
+    ("make-lmdb {t}/list.txt {t}/img {t}/broken", "not valid JSON"),  # its COMPLETE record is cut short
     # describe
     ("describe AxB", "unknown treatment"),
     ("describe AnB --n 0 --split 0", "range"),
@@ -196,6 +198,8 @@ def tree(tmp_path_factory, pb2) -> Path:
     (t / "elsewhere").mkdir()
     (t / "linked").mkdir()
     (t / "linked" / "lmdb").symlink_to(t / "elsewhere")
+    (t / "broken" / "lmdb").mkdir(parents=True)
+    (t / "broken" / "COMPLETE").write_text('{"written": 3, "skip')
     (t / "log.txt").write_text("I1130 10:00:00.000000  1 solver.cpp:218] Iteration 0 (0 iter/s, 0s/20 iters), loss = 2.3\n")
     return t
 
