@@ -23,8 +23,17 @@ from caffe_transfer.cli import cli
 from caffe_transfer.common import caffe_env
 from caffe_transfer.common.errors import CaffeTransferError
 from caffe_transfer.data import splits
-from caffe_transfer.data.lmdb import BuildOptions, build, datum_parts, load_image, order, read_mean
-from caffe_transfer.data.lmdb import target, workers, writer
+from caffe_transfer.data.lmdb import (
+    BuildOptions,
+    build,
+    datum_parts,
+    load_image,
+    order,
+    read_mean,
+    target,
+    workers,
+    writer,
+)
 from caffe_transfer.data.lmdb.datum import relabel
 from caffe_transfer.data.lmdb.decode import Converter
 
@@ -436,17 +445,17 @@ def test_complete_lmdb_is_not_rebuilt_without_force(tmp_path):
     assert not forced.already_complete and forced.written == 4
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["{list}", "{tmp}/nowhere", "{tmp}/out"], "image root"),
-    (["{tmp}/empty.txt", "{tmp}", "{tmp}/out"], "is empty"),
-    (["{tmp}/none.txt", "{tmp}", "{tmp}/out"], "does not exist"),
+@pytest.mark.parametrize("args, needle, code", [
+    (["{list}", "{tmp}/nowhere", "{tmp}/out"], "'IMAGE_ROOT': Directory", 2),
+    (["{tmp}/empty.txt", "{tmp}", "{tmp}/out"], "is empty", 1),
+    (["{tmp}/none.txt", "{tmp}", "{tmp}/out"], "does not exist", 2),
 ])
-def test_make_lmdb_errors_are_one_line(args, needle, tmp_path):
+def test_make_lmdb_errors_are_one_line(args, needle, code, tmp_path):
     (tmp_path / "empty.txt").write_text("")
     (tmp_path / "list.txt").write_text("a.jpg 0\n")
     argv = [a.format(tmp=tmp_path, list=tmp_path / "list.txt") for a in args]
     result = CliRunner().invoke(cli, ["make-lmdb", *argv])
-    assert result.exit_code == 1 and needle in result.output and result.output.count("\n") == 1
+    assert result.exit_code == code and needle in result.output and result.output.count("\n") == 1
     assert not (tmp_path / "out").exists()
 
 

@@ -166,21 +166,21 @@ def test_gen_refuses_to_overwrite_a_run_with_snapshots(tmp_path):
     assert result.exit_code == 0 and "max_iter: 10\n" in (run / "solver.prototxt").read_text()
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["-t", "AxB", "--n", "3", "--split", "0"], "unknown treatment 'AxB'"),
-    (["-t", "AnB", "--n", "0", "--split", "0"], "n in 1..7"),
-    (["-t", "AnB", "--n", "8", "--split", "0"], "n in 1..7"),
-    (["-t", "AnB", "--n", "3"], "needs a split"),
-    (["-t", "AnB", "--n", "3", "--split", "0", "--arch", "vgg"], "unknown architecture 'vgg'"),
-    (["-t", "AnB", "--n", "3", "--split", "0", "--backend", "hdf5"], "backend 'hdf5'"),
-    (["-t", "AnB", "--n", "3", "--split", "0", "--solver", "max_iters=3"], "unknown solver field 'max_iters'"),
-    (["-t", "AnB", "--n", "3", "--split", "0", "--fc8-outputs", "many"], "fc8 outputs 'many'"),
-    ([], "gen needs --treatment"),
+@pytest.mark.parametrize("args, needle, code", [
+    (["-t", "AxB", "--n", "3", "--split", "0"], "unknown treatment 'AxB'", 1),
+    (["-t", "AnB", "--n", "0", "--split", "0"], "'--n': 0 is not in the range 1<=x<=7", 2),
+    (["-t", "AnB", "--n", "8", "--split", "0"], "'--n': 8 is not in the range 1<=x<=7", 2),
+    (["-t", "AnB", "--n", "3"], "needs a split", 1),
+    (["-t", "AnB", "--n", "3", "--split", "0", "--arch", "vgg"], "'--arch': 'vgg' is not one of", 2),
+    (["-t", "AnB", "--n", "3", "--split", "0", "--backend", "hdf5"], "'--backend': 'hdf5' is not one of", 2),
+    (["-t", "AnB", "--n", "3", "--split", "0", "--solver", "max_iters=3"], "unknown solver field 'max_iters'", 2),
+    (["-t", "AnB", "--n", "3", "--split", "0", "--fc8-outputs", "many"], "'many': expected a positive number", 2),
+    ([], "gen needs --treatment", 2),
 ])
-def test_gen_errors_are_one_line_and_write_nothing(args, needle, tmp_path):
+def test_gen_errors_are_one_line_and_write_nothing(args, needle, code, tmp_path):
     out = tmp_path / "run"
     result = CliRunner().invoke(cli, ["gen", *args, "--out", str(out)])
-    assert result.exit_code == 1
+    assert result.exit_code == code
     assert needle in result.output and result.output.count("\n") == 1
     assert not out.exists()
 

@@ -124,6 +124,7 @@ def _bad(root: Path, wnids: list[str], truth: list[str], case: str) -> list[str]
         return ["--val-solution", str(labels)]
     elif case == "two sources":
         labels.write_text("\n".join(lines) + "\n")
+        (root / "devkit").mkdir(exist_ok=True)
         return ["--val-labels", str(labels), "--devkit", str(root / "devkit")]
     return ["--val-labels", str(labels)]
 

@@ -95,10 +95,10 @@ def test_prepare_refuses_a_disk_too_small_before_writing_any_lmdb(imagenet, smal
 
 def test_a_killed_pass_resumes_and_ends_as_make_lmdb_alone(imagenet):
     data = imagenet / "data"
-    script = (f"import time, sys\nfrom caffe_transfer.data.lmdb.decode import Converter\nconvert = Converter.chunk\n"
-              f"def slowly(self, chunk, slot):\n    time.sleep(0.05)\n    return convert(self, chunk, slot)\n"
-              f"Converter.chunk = slowly\nfrom caffe_transfer.data.lmdb import writer\nwriter.BATCH = 16\n"
-              f"from caffe_transfer.cli import cli\ncli(sys.argv[1:])\n")
+    script = ("import time, sys\nfrom caffe_transfer.data.lmdb.decode import Converter\nconvert = Converter.chunk\n"
+              "def slowly(self, chunk, slot):\n    time.sleep(0.05)\n    return convert(self, chunk, slot)\n"
+              "Converter.chunk = slowly\nfrom caffe_transfer.data.lmdb import writer\nwriter.BATCH = 16\n"
+              "from caffe_transfer.cli import cli\ncli(sys.argv[1:])\n")
     cmd = [sys.executable, "-c", script, "prepare", "--train-dir", str(imagenet / "train"), "--val-dir",
            str(imagenet / "val"), "--devkit", str(imagenet / "devkit"), "--experiments", "random,netbase,reduced",
            "--splits", "0", "--out", str(data), "--resize", "16", "--workers", "1"]

@@ -229,4 +229,4 @@ def test_report_over_gen_runs_uses_their_treatment_json(real_log, tmp_path):
 
 def test_report_on_a_missing_folder_is_a_one_line_error(tmp_path):
     result = CliRunner().invoke(cli, ["report", str(tmp_path / "nope")])
-    assert result.exit_code == 1 and result.output.count("\n") == 1 and "does not exist" in result.output
+    assert result.exit_code == 2 and result.output.count("\n") == 1 and "does not exist" in result.output

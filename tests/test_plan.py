@@ -59,7 +59,7 @@ def test_plan_selects_experiments_and_splits():
     one_split = plan.select(["random"], ["1"])
     assert len(one_split) == 2 + 7 * 6 and {t.split for t in one_split} == {"1"}
     result = CliRunner().invoke(cli, ["plan", "--experiments", "natman,bogus", "--out", "x"])
-    assert result.exit_code == 1 and "unknown experiment 'bogus'" in result.output
+    assert result.exit_code == 2 and "'--experiments': 'bogus': expected some of" in result.output
 
 
 @pytest.fixture

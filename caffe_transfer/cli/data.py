@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
-from caffe_transfer.common.errors import CaffeTransferError
+from caffe_transfer.cli.options import experiment_options
+from caffe_transfer.cli.types import (
+    ClassSet,
+    LmdbFolder,
+    existing_dir,
+    existing_file,
+    out_dir,
+)
 
 
 @click.command()
-@click.option("--whole-list", required=False, type=click.Path(path_type=Path),
+@click.option("--whole-list", required=False, type=existing_file(),
               help="The whole list (`PATH LABEL` per line, ILSVRC2012 class indices).")
 @click.option("--subset", type=click.Choice(["train", "valid"]), help="Which subset the whole list is.")
-@click.option("--out", "-o", type=click.Path(path_type=Path), help="Folder for the list folders.")
-@click.option("--classes", "class_sets", multiple=True, metavar="NAME=FILE",
+@click.option("--out", "-o", type=out_dir(), help="Folder for the list folders.")
+@click.option("--classes", "class_sets", multiple=True, type=ClassSet(),
               help="Custom halves instead of the paper's: a dataset name and a file of class indices "
                    "or wnids (repeatable), e.g. --classes mysplitA=a.txt --classes mysplitB=b.txt.")
 @click.option("--num-classes", type=click.IntRange(min=2), help="Classes in the whole list (default: inferred).")
-@click.option("--check", "check_dir", type=click.Path(path_type=Path),
+@click.option("--check", "check_dir", type=existing_dir(),
               help="Verify a folder of lists instead: disjoint halves, complete cover, labels 0..K-1, "
                    "every class with images, each path once and of one class.")
 def splits(whole_list, subset, out, class_sets, num_classes, check_dir) -> None:
@@ -26,7 +31,7 @@ def splits(whole_list, subset, out, class_sets, num_classes, check_dir) -> None:
 
     The 4 random A/B halves, natural/man-made and (for train) the reduced sets; or --check a
     folder of lists."""
-    from caffe_transfer.data.splits import check_lists, read_class_set, write_splits
+    from caffe_transfer.data.splits import check_lists, write_splits
 
     if check_dir:
         problems = check_lists(check_dir)
@@ -37,31 +42,23 @@ def splits(whole_list, subset, out, class_sets, num_classes, check_dir) -> None:
         click.echo(f"{check_dir}: lists are consistent")
         return
     if not (whole_list and subset and out):
-        raise CaffeTransferError("splits needs --whole-list FILE --subset train|valid --out DIR (or --check DIR)")
-    custom = None
-    if class_sets:
-        custom = {}
-        for item in class_sets:
-            name, sep, path = item.partition("=")
-            if not sep:
-                raise CaffeTransferError(f"--classes {item!r}: expected NAME=FILE")
-            custom[name] = read_class_set(path)
-    result = write_splits(whole_list, subset, out, custom=custom, num_classes=num_classes)
+        raise click.UsageError("splits needs --whole-list FILE --subset train|valid --out DIR (or --check DIR)")
+    result = write_splits(whole_list, subset, out, custom=dict(class_sets) or None, num_classes=num_classes)
     for note in result.notes:
         click.echo(f"{whole_list}: {note}")
     click.echo(f"wrote {len(result.folders)} list folders under {out}: {', '.join(f.name for f in result.folders)}")
 
 
 @click.command()
-@click.option("--train-dir", required=True, type=click.Path(path_type=Path), help="Tree of CLASS/IMAGE.")
-@click.option("--val-dir", type=click.Path(path_type=Path), help="Val images: CLASS/IMAGE, or flat with --devkit, --val-solution or --val-labels.")
-@click.option("--devkit", type=click.Path(path_type=Path),
+@click.option("--train-dir", required=True, type=existing_dir(), help="Tree of CLASS/IMAGE.")
+@click.option("--val-dir", type=existing_dir(), help="Val images: CLASS/IMAGE, or flat with --devkit, --val-solution or --val-labels.")
+@click.option("--devkit", type=existing_dir(),
               help="Label a flat val folder by the ILSVRC2012 devkit folder (data/meta.mat and the ground truth).")
-@click.option("--val-solution", type=click.Path(path_type=Path),
+@click.option("--val-solution", type=existing_file(),
               help="Label a flat val folder by Kaggle's LOC_val_solution.csv.")
-@click.option("--val-labels", type=click.Path(path_type=Path),
+@click.option("--val-labels", type=existing_file(),
               help="Label a flat val folder by a file of `NAME LABEL` (Caffe's val.txt) or `NAME WNID` lines.")
-@click.option("--out", "-o", default=".", show_default=True, type=click.Path(path_type=Path))
+@click.option("--out", "-o", default=".", show_default=True, type=out_dir())
 def lists(train_dir, val_dir, devkit, val_solution, val_labels, out) -> None:
     """Write whole_train.txt and whole_valid.txt from an image tree (classes in sorted order)."""
     from caffe_transfer.data.lists import write_whole_lists
@@ -73,11 +70,11 @@ def lists(train_dir, val_dir, devkit, val_solution, val_labels, out) -> None:
 def build_options(f):
     """The options that decide an LMDB's contents, and how it is built (make-lmdb and prepare)."""
     for option in reversed([
-        click.option("--resize", default=256, show_default=True, help="Resize to N x N (0 keeps sizes)."),
+        click.option("--resize", default=256, show_default=True, type=click.IntRange(min=0), help="Resize to N x N (0 keeps sizes)."),
         click.option("--encoded", is_flag=True, help="Store JPEG bytes instead of raw pixels (about 8x smaller)."),
         click.option("--gray", is_flag=True, help="One grey channel instead of BGR."),
         click.option("--no-shuffle", is_flag=True, help="Keep the list order (default: shuffle with --seed)."),
-        click.option("--seed", default=0, show_default=True, help="Shuffle seed."),
+        click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Shuffle seed."),
         click.option("--workers", type=click.IntRange(min=1), help="Decoding processes (default: all cores)."),
         click.option("--force", is_flag=True, help="Rebuild a complete LMDB, or restart a half-built one of other "
                      "settings (never one make-lmdb did not write)."),
@@ -93,9 +90,9 @@ def _options(resize, encoded, gray, no_shuffle, seed, workers):
 
 
 @click.command("make-lmdb")
-@click.argument("list_file", type=click.Path(path_type=Path))
-@click.argument("image_root", type=click.Path(path_type=Path))
-@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.argument("list_file", type=existing_file())
+@click.argument("image_root", type=existing_dir())
+@click.argument("out_dir", type=LmdbFolder())
 @build_options
 def make_lmdb(list_file, image_root, out_dir, resize, encoded, gray, no_shuffle, seed, workers, force) -> None:
     """Build an LMDB and its mean image from a list (resumable, parallel).
@@ -117,16 +114,14 @@ def make_lmdb(list_file, image_root, out_dir, resize, encoded, gray, no_shuffle,
 
 
 @click.command()
-@click.option("--train-dir", required=True, type=click.Path(path_type=Path), help="ImageNet's train tree, WNID/IMAGE.")
-@click.option("--val-dir", required=True, type=click.Path(path_type=Path),
+@click.option("--train-dir", required=True, type=existing_dir(), help="ImageNet's train tree, WNID/IMAGE.")
+@click.option("--val-dir", required=True, type=existing_dir(),
               help="Val images: flat (with --devkit, --val-solution or --val-labels) or CLASS/IMAGE.")
-@click.option("--devkit", type=click.Path(path_type=Path), help="The ILSVRC2012 devkit folder, for val labels.")
-@click.option("--val-solution", type=click.Path(path_type=Path), help="Kaggle's LOC_val_solution.csv, for val labels.")
-@click.option("--val-labels", type=click.Path(path_type=Path), help="`NAME LABEL` or `NAME WNID` lines, for val labels.")
-@click.option("--experiments", default="all", show_default=True,
-              help="The datasets of these experiments, as plan takes them: random, natman, nolearn, reduced, netbase.")
-@click.option("--splits", default="0,1,2,3", show_default=True, help="Random splits of the random experiment.")
-@click.option("--out", "-o", "data_root", required=True, type=click.Path(path_type=Path),
+@click.option("--devkit", type=existing_dir(), help="The ILSVRC2012 devkit folder, for val labels.")
+@click.option("--val-solution", type=existing_file(), help="Kaggle's LOC_val_solution.csv, for val labels.")
+@click.option("--val-labels", type=existing_file(), help="`NAME LABEL` or `NAME WNID` lines, for val labels.")
+@experiment_options
+@click.option("--out", "-o", "data_root", required=True, type=out_dir(),
               help="DATA_ROOT: lists, and one folder per dataset (gen's and plan's --data-root).")
 @build_options
 def prepare(train_dir, val_dir, devkit, val_solution, val_labels, experiments, splits, data_root, resize, encoded,
@@ -135,11 +130,10 @@ def prepare(train_dir, val_dir, devkit, val_solution, val_labels, experiments, s
 
     Prints the disk each dataset needs (raw and --encoded) and refuses a disk too small; one
     progress bar for all; a killed run continues where it stopped."""
-    from caffe_transfer.cli.options import csv_list
     from caffe_transfer.data.prepare import prepare as run
     from caffe_transfer.grid.plan import select
 
-    treatments = select(csv_list(experiments), csv_list(splits))
+    treatments = select(experiments, splits)
     datasets = sorted({name for t in treatments for name in (t.train_set, t.val_set)})
     done = run(train_dir, val_dir, data_root, datasets, _options(resize, encoded, gray, no_shuffle, seed, workers),
                val_labels, devkit, val_solution, force, say=click.echo)

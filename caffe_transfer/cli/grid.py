@@ -6,8 +6,14 @@ from pathlib import Path
 
 import click
 
-from caffe_transfer.cli.options import csv_list, gen_options, net_options
-from caffe_transfer.common.errors import CaffeTransferError
+from caffe_transfer.cli.options import (
+    GroupedCommand,
+    estimate_options,
+    experiment_options,
+    net_options,
+    slurm_options,
+)
+from caffe_transfer.cli.types import GpuList, ScriptPath, existing_dir, out_dir
 
 
 def report_grid(result, when: str = "") -> None:
@@ -25,7 +31,7 @@ def report_grid(result, when: str = "") -> None:
 
 
 @click.command()
-@click.option("--out", "-o", default="demo", show_default=True, type=click.Path(path_type=Path),
+@click.option("--out", "-o", default="demo", show_default=True, type=out_dir(),
               help="Folder for data, runs and report (run again to continue).")
 @click.option("--preset", default="standard", show_default=True, type=click.Choice(["quick", "standard"]),
               help="standard: the grid in about 15 minutes on 2 cores; quick: a 2-minute smoke run.")
@@ -45,55 +51,42 @@ def demo(out, preset, workers) -> None:
         raise SystemExit(1)
 
 
-@click.command()
-@click.option("--experiments", default="all", show_default=True,
-              help="Comma-separated: random, natman, nolearn, reduced, netbase, or all.")
-@click.option("--splits", default="0,1,2,3", show_default=True, help="Random splits of the random experiment.")
-@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Plan folder (one run folder per net).")
-@net_options
-@click.option("--iter-seconds", type=click.FloatRange(min=0, min_open=True),
-              help="Seconds per iteration, for the cost estimate.")
-@click.option("--gpus", "gpu_count", type=click.IntRange(min=1), default=1, show_default=True,
-              help="GPUs for the wall-clock estimate.")
-@click.option("--scheduler", type=click.Choice(["none", "slurm"]), default="none", show_default=True,
-              help="slurm: also write job arrays and submit.sh under OUT/slurm.")
-@click.option("--cpus-per-task", default=1, show_default=True, help="SLURM: CPUs per run (OpenBLAS threads).")
-@click.option("--grace", default=120, show_default=True,
-              help="SLURM: seconds before the time limit at which a run snapshots and requeues.")
-@click.option("--sbatch-arg", "sbatch_args", multiple=True, metavar="ARG",
-              help="SLURM: an extra #SBATCH line, e.g. --sbatch-arg=--partition=gpu (repeatable).")
+@click.command(cls=GroupedCommand)
+@experiment_options
+@click.option("--out", "-o", required=True, type=ScriptPath(file_okay=False, path_type=Path),
+              help="Plan folder (one run folder per net).")
 @click.option("--force", is_flag=True, help="Overwrite run folders that already hold snapshots.")
-def plan(experiments, splits, out, arch, data_root, backend, fc8_outputs, cpu, solver, iter_seconds, gpu_count,
-         scheduler, cpus_per_task, grace, sbatch_args, force) -> None:
+@net_options
+@slurm_options
+@estimate_options
+def plan(experiments, splits, out, force, options, slurm, estimate) -> None:
     """Write the run folders of (part of) the grid and plan.json, the dependency graph.
 
     Prints the number of runs, the critical path and, with --iter-seconds, GPU-hours and
     wall-clock time on --gpus GPUs."""
     from caffe_transfer.grid import plan as plan_mod
 
-    treatments = plan_mod.select(csv_list(experiments), csv_list(splits))
-    options = gen_options(arch, data_root, backend, fc8_outputs, cpu, solver)
-    path = plan_mod.write_plan(out, treatments, options, force=force)
+    path = plan_mod.write_plan(out, plan_mod.select(experiments, splits), options, force=force)
     runs = plan_mod.read_plan(out)
     bases = sum(1 for r in runs if any(o.base == r.name for o in runs))
     click.echo(f"wrote {len(runs)} run folders and {path}: {bases} bases with dependants, "
                f"{sum(1 for r in runs if r.base)} transfers, {sum(r.max_iter for r in runs):,} iterations in all")
     click.echo(f"critical path: {' -> '.join(plan_mod.critical_path(runs))}")
-    if scheduler == "slurm":
+    if slurm:
         from caffe_transfer.grid.slurm import write_slurm
 
-        submit = write_slurm(out, runs, gpu=not cpu, cpus=cpus_per_task, grace=grace, sbatch_args=sbatch_args)
+        submit = write_slurm(out, runs, gpu=options.gpu, **slurm)
         click.echo(f"wrote SLURM job arrays; submit them with {submit}")
-    if iter_seconds:
-        e = plan_mod.estimate(runs, iter_seconds, gpu_count)
-        click.echo(f"at {iter_seconds} s/iteration: {e['gpu_hours']:,.0f} GPU-hours ({e['gpu_hours'] / 24:,.1f} GPU-days); "
-                   f"on {gpu_count} GPU(s) {e['wall_hours']:,.0f} h wall-clock "
-                   f"(critical path {e['critical_path_hours']:,.0f} h)")
+    if estimate:
+        e = plan_mod.estimate(runs, estimate["iter_seconds"], estimate["gpus"])
+        click.echo(f"at {estimate['iter_seconds']} s/iteration: {e['gpu_hours']:,.0f} GPU-hours "
+                   f"({e['gpu_hours'] / 24:,.1f} GPU-days); on {estimate['gpus']} GPU(s) {e['wall_hours']:,.0f} h "
+                   f"wall-clock (critical path {e['critical_path_hours']:,.0f} h)")
 
 
 @click.command("run-all")
-@click.argument("plan_dir", type=click.Path(path_type=Path))
-@click.option("--gpus", help="Comma-separated GPU ids, one run per GPU, e.g. 0,1,2,3.")
+@click.argument("plan_dir", type=existing_dir())
+@click.option("--gpus", type=GpuList(), help="Comma-separated GPU ids, one run per GPU, e.g. 0,1,2,3.")
 @click.option("--cpu-workers", type=click.IntRange(min=1), help="Runs at once on the CPU instead (default: 1).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def run_all(plan_dir, gpus, cpu_workers, quiet) -> None:
@@ -105,21 +98,16 @@ def run_all(plan_dir, gpus, cpu_workers, quiet) -> None:
     from caffe_transfer.grid.scheduler import run_grid
 
     if gpus and cpu_workers:
-        raise CaffeTransferError("give --gpus or --cpu-workers, not both")
-    try:
-        gpu_ids = [int(g) for g in csv_list(gpus)] if gpus else None
-    except ValueError:
-        raise CaffeTransferError(f"--gpus {gpus!r}: expected comma-separated GPU ids, e.g. 0,1") from None
-    workers = cpu_workers or 1
+        raise click.UsageError("give --gpus or --cpu-workers, not both")
     runs = [Path(plan_dir) / r.name for r in read_plan(plan_dir)]
-    result = run_grid(runs, workers=workers, gpus=gpu_ids, progress=not quiet)
+    result = run_grid(runs, workers=cpu_workers or 1, gpus=gpus, progress=not quiet)
     report_grid(result)
     if not result.complete:
         raise SystemExit(1)
 
 
 @click.command()
-@click.argument("plan_dir", type=click.Path(path_type=Path))
+@click.argument("plan_dir", type=existing_dir())
 def status(plan_dir) -> None:
     """Show each run of a plan: waiting, ready, running, stopped, failed or done (with score)."""
     from collections import Counter

@@ -1,61 +1,131 @@
-"""Options shared by several commands: a treatment's n and split, and what decides a run
-folder's nets and solver (gen and plan)."""
+"""Options shared by several commands, in groups: each group is shown under its own heading in
+--help and reaches the command as one value (a GenOptions, a dict), not as loose parameters."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import functools
+from typing import Callable
 
 import click
 
-from caffe_transfer.common.errors import CaffeTransferError
+from caffe_transfer.cli.types import (
+    CommaList,
+    FcOutputs,
+    PositiveFloat,
+    ScriptLine,
+    SolverOverride,
+    out_dir,
+)
+from caffe_transfer.model.architectures import ARCHITECTURES
+from caffe_transfer.model.treatments import N_TRANSFERABLE, SPLIT_IDS
+
+
+class GroupedOption(click.Option):
+    """An option that --help lists under its group's title."""
+
+    def __init__(self, *args, group: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.group = group
+
+
+class GroupedCommand(click.Command):
+    """--help lists the options of each group under the group's title."""
+
+    def format_options(self, ctx, formatter) -> None:
+        sections: dict[str | None, list] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record:
+                sections.setdefault(getattr(param, "group", None), []).append(record)
+        for title, rows in sections.items():
+            with formatter.section(title or "Options"):
+                formatter.write_dl(rows)
+
+
+def option_group(title: str, dest: str, options: list[tuple[tuple, dict]], build: Callable):
+    """Decorator: `options` (click.option's arguments) under `title`, passed to the command as
+    `dest` = build(**their values)."""
+
+    def decorate(f):
+        params = [GroupedOption(decls, group=title, **kw) for decls, kw in options]
+
+        @functools.wraps(f)
+        def command(*args, **kwargs):
+            kwargs[dest] = build(**{p.name: kwargs.pop(p.name) for p in params})
+            return f(*args, **kwargs)
+
+        command.__dict__.setdefault("__click_params__", []).extend(reversed(params))
+        return command
+
+    return decorate
 
 
 def treatment_options(f):
-    f = click.option("--split", help="Split: 0..3 (random halves) or natman.")(f)
-    f = click.option("--n", "n", type=int, help="Number of transferred (or frozen) layers, 1..7.")(f)
+    f = click.option("--split", type=click.Choice(SPLIT_IDS), help="Split: 0..3 (random halves) or natman.")(f)
+    f = click.option("--n", "n", type=click.IntRange(1, N_TRANSFERABLE),
+                     help=f"Number of transferred (or frozen) layers, 1..{N_TRANSFERABLE}.")(f)
     return f
 
 
-def parse_solver_override(values: tuple[str, ...]) -> dict:
-    out = {}
-    for item in values:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise CaffeTransferError(f"--solver {item!r}: expected KEY=VALUE, e.g. max_iter=500")
-        for cast in (int, float):
-            try:
-                out[key] = cast(value)
-                break
-            except ValueError:
-                continue
-        else:
-            out[key] = value
-    return out
-
-
-def net_options(f):
-    """The options that decide a run folder's nets and solver (gen and plan)."""
-    for option in reversed([
-        click.option("--arch", default="caffenet", show_default=True, help="Architecture: caffenet or small."),
-        click.option("--data-root", default="data", show_default=True, type=click.Path(path_type=Path),
-                     help="Folder with one subfolder per dataset (half0A_train/lmdb, .../mean.binaryproto)."),
-        click.option("--backend", default="lmdb", show_default=True, help="Database backend: lmdb (the only one make-lmdb writes and this Caffe reads)."),
-        click.option("--fc8-outputs", help="fc8 width: a number, or 'classes' for the paper's N-way head "
-                     "(default: 1000 for caffenet, as in every released net; classes for small)."),
-        click.option("--cpu", is_flag=True, help="solver_mode CPU instead of GPU."),
-        click.option("--solver", "solver", multiple=True, metavar="KEY=VALUE",
-                     help="Override a solver value, e.g. --solver max_iter=1000 (repeatable)."),
-    ]):
-        f = option(f)
-    return f
-
-
-def gen_options(arch, data_root, backend, fc8_outputs, cpu, solver, base_weights=None):
+def _gen_options(arch, data_root, backend, fc8_outputs, cpu, solver):
     from caffe_transfer.runs.gen import GenOptions
 
-    return GenOptions(arch=arch, data_root=data_root, backend=backend, fc8_outputs=fc8_outputs,
-                      base_weights=base_weights, gpu=not cpu, solver=parse_solver_override(solver))
+    return GenOptions(arch=arch, data_root=data_root, backend=backend, fc8_outputs=fc8_outputs, gpu=not cpu,
+                      solver=dict(solver))
 
 
-def csv_list(value: str | None) -> list[str] | None:
-    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+net_options = option_group("Nets and solver", "options", [
+    (("--arch",), dict(default="caffenet", show_default=True, type=click.Choice(ARCHITECTURES),
+                       help="Architecture.")),
+    (("--data-root",), dict(default="data", show_default=True, type=out_dir(),
+                            help="Folder with one subfolder per dataset (half0A_train/lmdb, .../mean.binaryproto).")),
+    (("--backend",), dict(default="lmdb", show_default=True, type=click.Choice(["lmdb", "leveldb"]),
+                          help="Database backend: lmdb, the only one make-lmdb writes and this Caffe reads "
+                          "(leveldb is refused, with the reason).")),
+    (("--fc8-outputs",), dict(type=FcOutputs(), help="fc8 width: a number, or 'classes' for the paper's N-way "
+                              "head (default: 1000 for caffenet, as in every released net; classes for small).")),
+    (("--cpu",), dict(is_flag=True, help="solver_mode CPU instead of GPU.")),
+    (("--solver",), dict(multiple=True, type=SolverOverride(),
+                         help="Override a solver value, e.g. --solver max_iter=1000 (repeatable).")),
+], _gen_options)
+
+
+def _slurm(scheduler, cpus_per_task, grace, sbatch_args) -> dict | None:
+    if scheduler != "slurm":
+        return None
+    return {"cpus": cpus_per_task, "grace": grace, "sbatch_args": sbatch_args}
+
+
+slurm_options = option_group("SLURM", "slurm", [
+    (("--scheduler",), dict(type=click.Choice(["none", "slurm"]), default="none", show_default=True,
+                            help="slurm: also write job arrays and submit.sh under OUT/slurm.")),
+    (("--cpus-per-task",), dict(type=click.IntRange(min=1), default=1, show_default=True,
+                                help="CPUs per run (OpenBLAS threads).")),
+    (("--grace",), dict(type=click.IntRange(0, 65535), default=120, show_default=True,
+                        help="Seconds before the time limit at which a run snapshots and requeues.")),
+    (("--sbatch-arg", "sbatch_args"), dict(multiple=True, type=ScriptLine(),
+                                           help="An extra #SBATCH line, e.g. --sbatch-arg=--partition=gpu (repeatable).")),
+], _slurm)
+
+
+def _estimate(iter_seconds, gpu_count) -> dict | None:
+    return {"iter_seconds": iter_seconds, "gpus": gpu_count} if iter_seconds else None
+
+
+estimate_options = option_group("Cost estimate", "estimate", [
+    (("--iter-seconds",), dict(type=PositiveFloat(),
+                               help="Seconds per iteration: print GPU-hours and wall-clock time.")),
+    (("--gpus", "gpu_count"), dict(type=click.IntRange(min=1), default=1, show_default=True,
+                                   help="GPUs for the wall-clock estimate.")),
+], _estimate)
+
+
+def experiment_options(f):
+    from caffe_transfer.grid.plan import EXPERIMENTS
+
+    f = click.option("--splits", type=CommaList(("0", "1", "2", "3")), default="0,1,2,3", show_default=True,
+                     help="Random splits of the random experiment.")(f)
+    f = click.option("--experiments", type=CommaList(("all", *EXPERIMENTS)), default="all", show_default=True,
+                     help=f"Comma-separated: {', '.join(EXPERIMENTS)}, or all.")(f)
+    return f
+

@@ -6,10 +6,18 @@ from pathlib import Path
 
 import click
 
+from caffe_transfer.cli.types import (
+    FilePrefix,
+    existing_dir,
+    existing_file,
+    out_dir,
+    out_file,
+)
+
 
 @click.command("parse-log")
-@click.argument("logs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--csv", "csv_prefix", type=click.Path(path_type=Path),
+@click.argument("logs", nargs=-1, required=True, type=existing_file())
+@click.option("--csv", "csv_prefix", type=FilePrefix(),
               help="Write OUT.train.csv and OUT.test.csv (parse_log.py's columns).")
 def parse_log(logs: tuple[Path, ...], csv_prefix: Path | None) -> None:
     """Parse caffe train logs into tables and print the paper's metric.
@@ -34,10 +42,10 @@ def parse_log(logs: tuple[Path, ...], csv_prefix: Path | None) -> None:
 
 
 @click.command()
-@click.argument("results_dir", type=click.Path(path_type=Path))
-@click.option("--out", "-o", default="report", show_default=True, type=click.Path(path_type=Path),
+@click.argument("results_dir", type=existing_dir())
+@click.option("--out", "-o", default="report", show_default=True, type=out_dir(),
               help="Folder for figures, tables (CSV) and report.txt.")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the numbers as JSON here.")
+@click.option("--json", "json_path", type=out_file(), help="Also write the numbers as JSON here.")
 def report(results_dir: Path, out: Path, json_path: Path | None) -> None:
     """Score runs; draw Figures 2-3, Table 1; compare with the paper.
 

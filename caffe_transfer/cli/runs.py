@@ -6,8 +6,14 @@ from pathlib import Path
 
 import click
 
-from caffe_transfer.cli.options import gen_options, net_options, treatment_options
-from caffe_transfer.common.errors import CaffeTransferError
+from caffe_transfer.cli.options import GroupedCommand, net_options, treatment_options
+from caffe_transfer.cli.types import (
+    ScriptPath,
+    existing_dir,
+    existing_file,
+    out_dir,
+    out_file,
+)
 
 
 @click.command()
@@ -31,32 +37,31 @@ def describe(name: str, n: int | None, split: str | None) -> None:
         click.echo(f"  {role.name:10} {source:22} {'frozen' if role.frozen else 'trained'}")
 
 
-@click.command()
+@click.command(cls=GroupedCommand)
 @click.option("--treatment", "-t", help="Paper notation (AnB, BnB+, baseA, random, ...) or an "
               "authors' folder name (transfer0A0B_1_3, half0A, nolearn_1_4, ...).")
 @treatment_options
 @click.option("--all", "grid", is_flag=True, help="Write the authors' whole grid of 170 nets "
               "under OUT, one folder each, named as the authors named them.")
-@click.option("--out", "-o", required=True, type=click.Path(path_type=Path),
+@click.option("--out", "-o", required=True, type=out_dir(),
               help="Run folder to write (with --all: the folder that holds the run folders).")
-@net_options
-@click.option("--base-weights", type=click.Path(path_type=Path),
+@click.option("--base-weights", type=ScriptPath(dir_okay=False, path_type=Path),
               help="Base .caffemodel for a transfer (default: the base run's final snapshot beside OUT).")
 @click.option("--force", is_flag=True, help="Overwrite run folders that already hold snapshots.")
-def gen(treatment, n, split, grid, out, arch, data_root, backend, fc8_outputs, base_weights, cpu,
-        solver, force) -> None:
+@net_options
+def gen(treatment, n, split, grid, out, base_weights, force, options) -> None:
     """Write solver, train/val and deploy prototxts and treatment.json for a treatment."""
     from caffe_transfer.model.treatments import authors_grid, parse
 
-    options = gen_options(arch, data_root, backend, fc8_outputs, cpu, solver, base_weights)
+    options.base_weights = base_weights
     if grid:
         if treatment or n is not None or split is not None:
-            raise CaffeTransferError("--all writes the whole grid: drop --treatment/--n/--split")
+            raise click.UsageError("--all writes the whole grid: drop --treatment/--n/--split")
         runs = {out / t.name: t for t in authors_grid()}
     elif treatment:
         runs = {out: parse(treatment, n=n, split=split)}
     else:
-        raise CaffeTransferError("gen needs --treatment NAME (e.g. AnB --n 3 --split 0) or --all")
+        raise click.UsageError("gen needs --treatment NAME (e.g. AnB --n 3 --split 0) or --all")
     from caffe_transfer.runs.gen import write_runs
 
     written = write_runs(runs, options, force=force)
@@ -67,11 +72,12 @@ def gen(treatment, n, split, grid, out, arch, data_root, backend, fc8_outputs, b
 
 
 @click.command()
-@click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--base", type=click.Path(path_type=Path),
+@click.argument("run_dir", type=existing_dir())
+@click.option("--base", type=existing_file(),
               help="Base .caffemodel (default: the base run's final snapshot, as gen recorded it).")
-@click.option("--out", type=click.Path(path_type=Path), help="Init weights to write (default: RUN_DIR/init.caffemodel).")
-@click.option("--seed", type=int, help="Seed of the filler init of the layers not copied (default: from the run's name).")
+@click.option("--out", type=out_file(), help="Init weights to write (default: RUN_DIR/init.caffemodel).")
+@click.option("--seed", type=click.IntRange(0, 2 ** 32 - 1),
+              help="Seed of the filler init of the layers not copied (default: from the run's name).")
 def transplant(run_dir, base, out, seed) -> None:
     """Copy a transfer's first n layers from its base by net surgery (checked bit for bit).
 
@@ -89,8 +95,8 @@ def transplant(run_dir, base, out, seed) -> None:
 
 
 @click.command()
-@click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--gpu", type=int, help="GPU id (default: as the solver says; CPU runs need gen --cpu).")
+@click.argument("run_dir", type=existing_dir())
+@click.option("--gpu", type=click.IntRange(min=0), help="GPU id (default: as the solver says; CPU runs need gen --cpu).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(run_dir, gpu, quiet) -> None:
     """Run caffe train on a run folder: resumes from its newest snapshot, log in RUN_DIR/train.log.

@@ -12,14 +12,18 @@ def write_atomic(path: str | Path, data: str | bytes, mode: int = 0o666) -> None
 
     The file gets `mode` less the umask, as `open` would give it (mkstemp alone makes it 0600)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.fchmod(fd, mode & ~_umask())
         with os.fdopen(fd, "wb" if isinstance(data, bytes) else "w") as f:
             f.write(data)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):  # name the file asked for (a full disk's write() names none)
+            e.filename, e.filename2 = str(path), None
         raise
 
 

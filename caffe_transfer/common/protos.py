@@ -18,12 +18,18 @@ from caffe_transfer.common.caffe_env import caffe_pb2, run_tool
 from caffe_transfer.common.errors import CaffeTransferError
 
 
-def _parse(path: Path, message):
+def parse_text(text: str, message, where: str | Path):
+    """`message` filled from prototxt `text`; a one-line error naming `where` if Caffe's own
+    parser would refuse it."""
     try:
-        text_format.Parse(Path(path).read_text(), message)
+        text_format.Parse(text, message)
     except text_format.ParseError as e:
-        raise CaffeTransferError(f"{path}: not a valid {type(message).__name__} ({e})") from None
+        raise CaffeTransferError(f"{where}: not a valid {type(message).__name__} ({e})") from None
     return message
+
+
+def _parse(path: Path, message):
+    return parse_text(Path(path).read_text(), message, path)
 
 
 def _upgraded(path: Path, tool_name: str, message_type):

@@ -15,8 +15,13 @@ from typing import Callable
 
 from caffe_transfer.common.errors import CaffeTransferError
 from caffe_transfer.data.lists import write_whole_lists
-from caffe_transfer.data.lmdb import BuildOptions, BuildResult, Dataset, build_many
-from caffe_transfer.data.lmdb import space
+from caffe_transfer.data.lmdb import (
+    BuildOptions,
+    BuildResult,
+    Dataset,
+    build_many,
+    space,
+)
 from caffe_transfer.data.splits import write_splits
 
 SUBSET_ROOTS = {"train": 0, "valid": 1}  # a dataset name's suffix -> which image root it is read from

@@ -30,10 +30,10 @@ def trainer() -> str:
 
 def write_slurm(plan_dir: str | Path, runs: list[PlanRun], gpu: bool, cpus: int = 1, grace: int = 120,
                 sbatch_args: tuple[str, ...] = ()) -> Path:
-    """Write the job-array scripts and submit.sh under PLAN/slurm; returns submit.sh."""
+    """Write the job-array scripts and submit.sh under PLAN/slurm; returns submit.sh. A path or
+    argument that could leave its line (a newline in PLAN) is refused before anything is written."""
     plan_dir = Path(plan_dir).resolve()
     folder = plan_dir / FOLDER
-    (folder / "logs").mkdir(parents=True, exist_ok=True)
     env = jinja_environment()
     array = env.get_template("slurm_array.sbatch.j2")
     common = {"version": __version__, "plan_dir": plan_dir, "logs": folder / "logs", "gpu": gpu, "cpus": cpus,
@@ -52,6 +52,7 @@ def write_slurm(plan_dir: str | Path, runs: list[PlanRun], gpu: bool, cpus: int 
         groups.append({"script": script, "after": index, "base": base, "runs": transfers})
     scripts["submit.sh"] = env.get_template("submit.sh.j2").render(
         first={"script": "first.sbatch", "runs": first}, groups=groups, **common)
+    (folder / "logs").mkdir(parents=True, exist_ok=True)  # once every script rendered (see common.shell)
     for name, text in scripts.items():
         write_atomic(folder / name, text, mode=0o777)
     return folder / "submit.sh"

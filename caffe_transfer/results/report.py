@@ -54,8 +54,17 @@ def _treatment_of(folder: Path) -> tuple[Treatment, int]:
     """What a run folder holds, and its max_iter: from gen's treatment.json, else its name."""
     desc = folder / "treatment.json"
     if desc.is_file():
-        d = json.loads(desc.read_text())
-        return parse(d["name"]), int(d["solver"]["max_iter"])
+        try:
+            d = json.loads(desc.read_text())
+        except (OSError, ValueError) as e:
+            raise CaffeTransferError(f"{desc.name} is not readable JSON ({e})") from None
+        if not isinstance(d, dict):
+            raise CaffeTransferError(f"{desc.name} holds a {type(d).__name__}, not gen's JSON object")
+        try:
+            return parse(d["name"]), int(d["solver"]["max_iter"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise CaffeTransferError(f"{desc.name} has no valid name and solver.max_iter "
+                                     f"({type(e).__name__}: {e})") from None
     t = parse(folder.name)
     return t, solver_values(t.schedule)["max_iter"]
 
@@ -70,7 +79,8 @@ def _collect_one(folder: Path) -> RunResult:
 
 
 def collect(results_dir: str | Path, workers: int | None = None) -> tuple[list[RunResult], list[str]]:
-    """Results of every recognised run folder under `results_dir`, and the folders not recognised."""
+    """Results of every recognised run folder under `results_dir`, and the folders not recognised
+    (with the reason where a treatment.json could not be read)."""
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         raise CaffeTransferError(f"results folder {results_dir} does not exist")
@@ -81,8 +91,8 @@ def collect(results_dir: str | Path, workers: int | None = None) -> tuple[list[R
         try:
             _treatment_of(p)
             folders.append(p)
-        except CaffeTransferError:
-            unknown.append(p.name)
+        except CaffeTransferError as e:  # a folder named like no run is no news; a broken run is
+            unknown.append(f"{p.name}: {e}" if (p / "treatment.json").is_file() else p.name)
     if not folders:
         raise CaffeTransferError(f"no run folders in {results_dir}: expected folders named like "
                                  "half0A or transfer0A0B_1_3, or written by caffe-transfer gen")
@@ -232,7 +242,7 @@ def text_report(summary: dict, comparison: list[dict], incomplete: list[dict], u
     lines += ["", f"Runs with missing, stub or incomplete logs ({len(incomplete)}):"]
     lines += [f"  {r['name']}: {'; '.join(r['problems'])}" for r in incomplete] or ["  none"]
     if unknown:
-        lines += ["", f"Folders not recognised as runs: {', '.join(unknown)}"]
+        lines += ["", "Folders not recognised as runs:", *(f"  {u}" for u in unknown)]
     return "\n".join(lines) + "\n"
 
 

@@ -13,14 +13,16 @@ net and the snapshot prefix relative to it; data, mean and base weights are abso
 from __future__ import annotations
 
 import json
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import jinja2
 
 from caffe_transfer.common.atomic import write_atomic
+from caffe_transfer.common.caffe_env import caffe_pb2
 from caffe_transfer.common.errors import CaffeTransferError
+from caffe_transfer.common.protos import parse_text
+from caffe_transfer.common.shell import one_line, shell_word
 from caffe_transfer.common.version import __version__
 from caffe_transfer.data.splits import IMAGENET_CLASSES, half_classes
 from caffe_transfer.model.architectures import (
@@ -38,6 +40,8 @@ FROZEN = [{"lr_mult": 0, "decay_mult": 0}, {"lr_mult": 0, "decay_mult": 0}]
 # none (USE_LEVELDB=OFF), so a LevelDB net would fail only when Caffe starts.
 BACKENDS = ("lmdb",)
 EXECUTABLE = ("run.sh",)
+PROTOTXTS = {"train_val.prototxt": "NetParameter", "deploy.prototxt": "NetParameter",
+             "solver.prototxt": "SolverParameter"}
 SNAPSHOT_DIR = "snapshots"
 NET_NAME = "CaffeNet"
 
@@ -177,7 +181,8 @@ def jinja_environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(resource_dir("templates")),
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     env.filters["proto"] = _proto_value
-    env.filters["sh"] = lambda value: shlex.quote(str(value))
+    env.filters["sh"] = shell_word
+    env.filters["line"] = one_line
     return env
 
 
@@ -257,14 +262,17 @@ def has_snapshots(run_dir: Path) -> bool:
 
 
 def write_runs(runs: dict[Path, Treatment], options: GenOptions, force: bool = False) -> list[Path]:
-    """Write each run folder. Everything is rendered and checked before the first file is
-    written, so a bad option or a protected folder leaves the disk as it was."""
+    """Write each run folder. Everything is rendered and checked (each prototxt parsed by
+    Caffe's own caffe_pb2) before the first file is written, so a bad option, a broken template
+    or a protected folder leaves the disk as it was."""
     rendered = {}
     for out_dir, treatment in runs.items():
         if has_snapshots(out_dir) and not force:
             raise CaffeTransferError(
                 f"{out_dir} already holds snapshots of a run: refusing to overwrite it (use --force)")
-        rendered[Path(out_dir)] = render_run(treatment, options, out_dir)
+        rendered[Path(out_dir)] = files = render_run(treatment, options, out_dir)
+        for name, message in PROTOTXTS.items():  # a misspelt template field fails here, not in caffe train
+            parse_text(files[name], getattr(caffe_pb2(), message)(), f"{Path(out_dir) / name} as rendered")
     for out_dir, files in rendered.items():
         try:
             # Caffe checks at start-up that the snapshot prefix's folder exists.

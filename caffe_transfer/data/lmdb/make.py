@@ -140,6 +140,8 @@ def build_many(groups: list[tuple[Path, list[Dataset]]], options: BuildOptions =
     if len(set(dirs)) < len(dirs):
         raise CaffeTransferError(f"two datasets go to {next(d for d in dirs if dirs.count(d) > 1)}: one OUT_DIR each")
     results: dict[int, BuildResult] = {}
+    for target in everyone:
+        target.finished(force)  # refuse what is not make-lmdb's before writing a lock into it
     try:
         for target in everyone:
             target.lock()

@@ -88,7 +88,10 @@ class Target:
                                      "move it away or choose another OUT_DIR; it is never deleted")
         if force or not self.complete.is_file():
             return None
-        record = json.loads(self.complete.read_text())
+        try:
+            record = json.loads(self.complete.read_text())
+        except ValueError as e:
+            raise CaffeTransferError(f"{self.complete} is not valid JSON ({e}): --force rebuilds the LMDB") from None
         if difference(record, self.settings):
             raise CaffeTransferError(f"{self.final} was built with other settings ({difference(record, self.settings)})"
                                      ": --force rebuilds it, or choose another OUT_DIR")

@@ -28,7 +28,15 @@ from typing import Iterator, NamedTuple
 
 from caffe_transfer.common.errors import CaffeTransferError
 from caffe_transfer.data.lmdb.datum import Slots
-from caffe_transfer.data.lmdb.decode import BuildOptions, ChunkResult, Converter, Item, Skipped, Written, init_decoder
+from caffe_transfer.data.lmdb.decode import (
+    BuildOptions,
+    ChunkResult,
+    Converter,
+    Item,
+    Skipped,
+    Written,
+    init_decoder,
+)
 
 CHUNK = 16   # images per worker task
 AHEAD_MIN = 3  # chunks a worker may run ahead of the parent: one in hand, one done, one spare

@@ -1,0 +1,421 @@
+"""Every bad value a command takes: a non-zero exit, one line on stderr naming it, no traceback,
+and no file of the user's changed (issue 18)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from caffe_transfer.cli import cli
+from caffe_transfer.common.errors import CaffeTransferError
+from caffe_transfer.grid.plan import PlanRun
+from caffe_transfer.grid.slurm import write_slurm
+from caffe_transfer.model.treatments import parse
+from caffe_transfer.runs import gen
+
+NL = "\n"
+
+# (command line with {t} for the user's tree, a fragment the one line must hold). The tree holds
+# afile (a file), adir (an empty folder), img/c0/*.png with list.txt, run (a gen'd run folder),
+# linked/lmdb (a symbolic link), broken/ (an LMDB folder whose COMPLETE is cut short) and log.txt
+# (a caffe train log).
+PROBES = [
+    # splits
+    ("splits --whole-list {t}/missing --subset valid --out {t}/o", "does not exist"),
+    ("splits --whole-list {t}/adir --subset valid --out {t}/o", "is a directory"),
+    ("splits --whole-list {t}/list.txt --subset test --out {t}/o", "'test' is not one of"),
+    ("splits --whole-list {t}/list.txt --subset valid --out {t}/afile", "is a file"),
+    ("splits --whole-list {t}/list.txt --subset valid --out {t}/o --classes X", "expected NAME=FILE"),
+    ("splits --whole-list {t}/list.txt --subset valid --out {t}/o --classes X=missing.txt", "does not exist"),
+    ("splits --whole-list {t}/list.txt --subset valid --out {t}/o --classes X={t}/adir", "is a directory"),
+    ("splits --whole-list {t}/list.txt --subset valid --out {t}/o --num-classes 0", "range"),
+    ("splits --whole-list {t}/list.txt --subset valid --out {t}/o --num-classes many", "not a valid integer"),
+    ("splits --check {t}/afile", "is a file"),
+    ("splits --subset valid", "splits needs"),
+    # lists
+    ("lists --train-dir {t}/afile --out {t}/o", "is a file"),
+    ("lists --train-dir {t}/missing --out {t}/o", "does not exist"),
+    ("lists --train-dir {t}/img --val-dir {t}/afile --out {t}/o", "is a file"),
+    ("lists --train-dir {t}/img --val-dir {t}/img --val-labels {t}/adir --out {t}/o", "is a directory"),
+    ("lists --train-dir {t}/img --out {t}/afile", "is a file"),
+    ("lists --train-dir {t}/img --out {t}/afile/sub", "afile/sub: Not a directory"),  # an OSError, one line
+    ("lists --train-dir {t}/img --val-dir {t}/img --devkit {t}/afile --out {t}/o", "is a file"),
+    ("lists --train-dir {t}/img --val-dir {t}/img --val-solution {t}/adir --out {t}/o", "is a directory"),
+    # prepare
+    ("prepare --val-dir {t}/img --out {t}/o", "Missing option '--train-dir'"),
+    ("prepare --train-dir {t}/afile --val-dir {t}/img --out {t}/o", "is a file"),
+    ("prepare --train-dir {t}/img --val-dir {t}/missing --out {t}/o", "does not exist"),
+    ("prepare --train-dir {t}/img --val-dir {t}/img --devkit {t}/afile --out {t}/o", "is a file"),
+    ("prepare --train-dir {t}/img --val-dir {t}/img --val-solution {t}/adir --out {t}/o", "is a directory"),
+    ("prepare --train-dir {t}/img --val-dir {t}/img --val-labels {t}/missing --out {t}/o", "does not exist"),
+    ("prepare --train-dir {t}/img --val-dir {t}/img --out {t}/o --experiments random,bogus", "'bogus': expected"),
+    ("prepare --train-dir {t}/img --val-dir {t}/img --out {t}/o --splits 0,7", "'7': expected"),
+    ("prepare --train-dir {t}/img --val-dir {t}/img -o {t}/afile", "is a file"),
+    ("prepare --train-dir {t}/img --val-dir {t}/img --out {t}/o --resize -1", "range"),
+    ("prepare --train-dir {t}/img --val-dir {t}/img --out {t}/o --seed x", "not a valid integer"),
+    ("prepare --train-dir {t}/img --val-dir {t}/img --out {t}/o --workers 0", "range"),
+    # make-lmdb
+    ("make-lmdb {t}/missing {t}/img {t}/o", "does not exist"),
+    ("make-lmdb {t}/adir {t}/img {t}/o", "is a directory"),
+    ("make-lmdb {t}/list.txt {t}/afile {t}/o", "is a file"),
+    ("make-lmdb {t}/list.txt {t}/img {t}/afile", "is a file"),
+    ("make-lmdb {t}/list.txt {t}/img {t}/linked", "is a symbolic link"),
+    ("make-lmdb {t}/list.txt {t}/img {t}/o --resize -1", "range"),
+    ("make-lmdb {t}/list.txt {t}/img {t}/o --resize big", "not a valid integer"),
+    ("make-lmdb {t}/list.txt {t}/img {t}/o --seed -1", "range"),
+    ("make-lmdb {t}/list.txt {t}/img {t}/o --workers 0", "range"),
+    ("make-lmdb {t}/afile {t}/img {t}/o", "afile"),  # not a list
+    ("make-lmdb {t}/list.txt {t}/img {t}/broken", "not valid JSON"),  # its COMPLETE record is cut short
+    # describe
+    ("describe AxB", "unknown treatment"),
+    ("describe AnB --n 0 --split 0", "range"),
+    ("describe AnB --n three --split 0", "not a valid integer"),
+    ("describe AnB --n 3 --split 4", "'4' is not one of"),
+    # gen
+    ("gen -t AxB --out {t}/o", "unknown treatment"),
+    ("gen -t AnB --n 8 --split 0 --out {t}/o", "range"),
+    ("gen -t AnB --n 3 --split x --out {t}/o", "is not one of"),
+    ("gen -t AnB --n 3 --split 0 --out {t}/afile", "is a file"),
+    ("gen -t AnB --n 3 --split 0 --out {t}/o --arch vgg", "'vgg' is not one of"),
+    ("gen -t AnB --n 3 --split 0 --out {t}/o --data-root {t}/afile", "is a file"),
+    ("gen -t AnB --n 3 --split 0 --out {t}/o --backend hdf5", "'hdf5' is not one of"),
+    ("gen -t AnB --n 3 --split 0 --out {t}/o --fc8-outputs 0", "expected a positive number or 'classes'"),
+    ("gen -t AnB --n 3 --split 0 --out {t}/o --fc8-outputs wide", "expected a positive number or 'classes'"),
+    ("gen -t AnB --n 3 --split 0 --out {t}/o --solver max_iter=abc", "max_iter='abc': expected an integer"),
+    ("gen -t AnB --n 3 --split 0 --out {t}/o --solver max_iter=1e3", "max_iter='1e3': expected an integer"),
+    ("gen -t AnB --n 3 --split 0 --out {t}/o --solver max_iter=-5", "max_iter='-5': expected a positive"),
+    ("gen -t AnB --n 3 --split 0 --out {t}/o --solver max_iter=3000000000", "expected an integer"),
+    ("gen -t AnB --n 3 --split 0 --out {t}/o --solver test_iter=0", "expected a positive"),
+    ("gen -t AnB --n 3 --split 0 --out {t}/o --solver base_lr=fast", "base_lr='fast': expected a number"),
+    ("gen -t AnB --n 3 --split 0 --out {t}/o --solver base_lr=inf", "expected a number"),
+    ("gen -t AnB --n 3 --split 0 --out {t}/o --solver momentum=-0.9", "expected a non-negative"),
+    ("gen -t AnB --n 3 --split 0 --out {t}/o --solver lr_policy=steps", "expected one of fixed, step"),
+    ("gen -t AnB --n 3 --split 0 --out {t}/o --solver max_iters=10", "unknown solver field 'max_iters'"),
+    ("gen -t AnB --n 3 --split 0 --out {t}/o --solver max_iter", "expected KEY=VALUE"),
+    ("gen -t AnB --n 3 --split 0 --out {t}/o --base-weights {t}/adir", "is a directory"),
+    ("gen -t AnB --n 3 --split 0 --out {t}/o --base-weights '{t}/a" + NL + "b'", "control character"),
+    ("gen --out {t}/o", "gen needs --treatment"),
+    ("gen --all -t AnB --out {t}/o", "drop --treatment"),
+    # transplant
+    ("transplant {t}/missing", "does not exist"),
+    ("transplant {t}/afile", "is a file"),
+    ("transplant {t}/adir", "not a run folder"),
+    ("transplant {t}/run --base {t}/adir", "is a directory"),
+    ("transplant {t}/run --base {t}/missing.caffemodel", "does not exist"),
+    ("transplant {t}/run --out {t}/adir", "is a directory"),
+    ("transplant {t}/run --seed -1", "range"),
+    ("transplant {t}/run --seed x", "not a valid integer"),
+    # train
+    ("train {t}/missing", "does not exist"),
+    ("train {t}/afile", "is a file"),
+    ("train {t}/adir", "not a run folder"),
+    ("train {t}/run --gpu -1", "range"),
+    ("train {t}/run --gpu one", "not a valid integer"),
+    # demo
+    ("demo --out {t}/afile", "is a file"),
+    ("demo --out {t}/o --preset huge", "'huge' is not one of"),
+    ("demo --out {t}/o --workers 0", "range"),
+    # plan
+    ("plan --out {t}/o --experiments natman,everything", "'everything': expected some of"),
+    ("plan --out {t}/o --experiments natman,,random", "without empty items"),
+    ("plan --out {t}/o --splits 0,5", "'5': expected some of 0, 1, 2, 3"),
+    ("plan --out {t}/afile", "is a file"),
+    ("plan --out '{t}/o" + NL + "touch {t}/injected'", "control character"),
+    ("plan --out {t}/o --arch vgg", "'vgg' is not one of"),
+    ("plan --out {t}/o --data-root {t}/afile", "is a file"),
+    ("plan --out {t}/o --backend hdf5", "is not one of"),
+    ("plan --out {t}/o --fc8-outputs -3", "expected a positive number"),
+    ("plan --out {t}/o --fc8-outputs ²", "expected a positive number"),
+    ("plan --out {t}/o --solver max_iter=1e3", "expected an integer"),
+    ("plan --out {t}/o --iter-seconds 0", "range"),
+    ("plan --out {t}/o --iter-seconds nan", "expected a finite number"),
+    ("plan --out {t}/o --iter-seconds slow", "not a valid float"),
+    ("plan --out {t}/o --gpus 0", "range"),
+    ("plan --out {t}/o --scheduler pbs", "'pbs' is not one of"),
+    ("plan --out {t}/o --scheduler slurm --cpus-per-task 0", "range"),
+    ("plan --out {t}/o --scheduler slurm --grace -5", "range"),
+    ("plan --out {t}/o --scheduler slurm '--sbatch-arg=--time=1" + NL + "touch {t}/injected'", "control character"),
+    # run-all, status
+    ("run-all {t}/missing", "does not exist"),
+    ("run-all {t}/afile", "is a file"),
+    ("run-all {t}/adir", "has no plan.json"),
+    ("run-all {t}/adir --gpus 0,x", "expected distinct comma-separated GPU ids"),
+    ("run-all {t}/adir --gpus 0,0", "expected distinct comma-separated GPU ids"),
+    ("run-all {t}/adir --gpus -1", "expected distinct comma-separated GPU ids"),
+    ("run-all {t}/adir --gpus ²", "expected distinct comma-separated GPU ids"),
+    ("run-all {t}/adir --cpu-workers 0", "range"),
+    ("run-all {t}/adir --gpus 0 --cpu-workers 2", "not both"),
+    ("status {t}/missing", "does not exist"),
+    ("status {t}/afile", "is a file"),
+    ("status {t}/adir", "has no plan.json"),
+    # parse-log
+    ("parse-log {t}/missing.log", "does not exist"),
+    ("parse-log {t}/adir", "is a directory"),
+    ("parse-log {t}/log.txt --csv {t}/missing/out", "missing' does not exist"),
+    ("parse-log {t}/log.txt --csv {t}/afile/out", "afile' is a file"),
+    # report
+    ("report {t}/missing", "does not exist"),
+    ("report {t}/afile", "is a file"),
+    ("report {t}/adir", "no run folders"),
+    ("report {t} --out {t}/afile", "is a file"),
+    ("report {t} --json {t}/adir", "is a directory"),
+    ("--bogus", "No such option '--bogus'"),
+    ("nosuch", "No such command 'nosuch'"),
+]
+
+
+def runner() -> CliRunner:
+    try:
+        return CliRunner(mix_stderr=False)  # click < 8.2
+    except TypeError:
+        return CliRunner()  # click 8.2 keeps stderr apart
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every path under `root` with its content's hash (links by target, folders by name)."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            rel = str(p.relative_to(root))
+            if p.is_symlink():
+                out[rel] = "-> " + os.readlink(p)
+            elif p.is_file():
+                out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+            else:
+                out[rel] = "dir"
+    return out
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory, pb2) -> Path:
+    import cv2
+
+    t = tmp_path_factory.mktemp("user")
+    (t / "afile").write_text("not a list\n")
+    (t / "adir").mkdir()
+    (t / "img" / "c0").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        cv2.imwrite(str(t / "img" / "c0" / f"{i}.png"), rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    (t / "list.txt").write_text("".join(f"c0/{i}.png 0\n" for i in range(3)))
+    gen.write_runs({t / "run": parse("half0A")}, gen.GenOptions(arch="small", gpu=False, solver={"max_iter": 10}))
+    (t / "elsewhere").mkdir()
+    (t / "linked").mkdir()
+    (t / "linked" / "lmdb").symlink_to(t / "elsewhere")
+    (t / "broken" / "lmdb").mkdir(parents=True)
+    (t / "broken" / "lmdb" / "caffe-transfer-settings.json").write_text("{}")  # make-lmdb's own folder
+    (t / "broken" / "COMPLETE").write_text('{"written": 3, "skip')
+    (t / "log.txt").write_text("I1130 10:00:00.000000  1 solver.cpp:218] Iteration 0 (0 iter/s, 0s/20 iters), loss = 2.3\n")
+    return t
+
+
+def assert_one_line_error(result, fragment: str) -> None:
+    err = result.stderr
+    assert result.exit_code not in (0, None), result.output
+    assert isinstance(result.exception, SystemExit), f"not a clean exit: {result.exception!r}"
+    assert "Traceback" not in err
+    assert err.count("\n") == 1 and err.startswith("Error: "), err
+    assert fragment in err, err
+
+
+@pytest.mark.parametrize("line,fragment", PROBES, ids=[p[0].split(" --")[0][:60] + " | " + p[1] for p in PROBES])
+def test_bad_value_is_one_line_and_changes_nothing(tree, line, fragment):
+    before = snapshot(tree)
+    args = [a.replace("{t}", str(tree)) for a in shlex.split(line)]
+    result = runner().invoke(cli, args)
+    assert_one_line_error(result, fragment)
+    assert snapshot(tree) == before
+
+
+def test_every_command_and_option_with_a_value_is_probed():
+    """The table above covers each option that takes a value, of every command."""
+    probed = {(line.split(" ")[0], word.split("=")[0]) for line, _ in PROBES for word in shlex.split(line)
+              if word.startswith("-")}
+    commands_probed = {line.split(" ")[0] for line, _ in PROBES}
+    missing = []
+    for name, command in cli.commands.items():
+        takes_values = [p for p in command.params if not getattr(p, "is_flag", False)
+                        and p.name not in ("help",)]
+        if takes_values and name not in commands_probed:
+            missing.append(name)
+        for p in takes_values:
+            if p.param_type_name == "option" and not any((name, o) in probed for o in p.opts):
+                missing.append(f"{name} {p.opts[-1]}")
+    assert not missing, f"not probed: {missing}"
+
+
+# --- what the table cannot show --------------------------------------------------------------
+@pytest.fixture
+def read_only(tmp_path):
+    """A folder nothing can be written into, root included (an immutable folder where chmod is
+    not enough)."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    immutable = os.geteuid() == 0
+    if immutable and subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("running as root on a filesystem without chattr +i: no folder is read-only")
+    yield folder
+    if immutable:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+    folder.chmod(0o755)
+
+
+@pytest.mark.parametrize("line", [
+    "lists --train-dir {t}/img --out {ro}/lists",
+    "parse-log {t}/log.txt --csv {ro}/log",
+    "report {t} --out {ro}/report",
+])
+def test_a_read_only_folder_is_one_line_naming_the_path(tree, read_only, line):
+    before = snapshot(tree)
+    args = [a.format(t=tree, ro=read_only) for a in line.split(" ")]
+    result = runner().invoke(cli, args)
+    assert_one_line_error(result, f"{read_only}/")
+    assert result.exit_code == 1 and ("Permission denied" in result.stderr or "not permitted" in result.stderr)
+    assert snapshot(tree) == before and not any(read_only.iterdir())
+
+
+def test_report_lists_unreadable_run_folders_with_the_reason_and_writes_the_rest(tree, tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    os.symlink(tree / "run", results / "half0A")
+    for name, text in (("notjson", "{half0B"), ("notobject", "[1, 2]"), ("nokeys", '{"name": "half0B"}')):
+        (results / name).mkdir()
+        (results / name / "treatment.json").write_text(text)
+    result = runner().invoke(cli, ["report", str(results), "--out", str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "report" / "report.txt").read_text()
+    assert "notjson: treatment.json is not readable JSON" in text
+    assert "notobject: treatment.json holds a list, not gen's JSON object" in text
+    assert "nokeys: treatment.json has no valid name and solver.max_iter (KeyError: 'solver')" in text
+    assert [r["name"] for r in json.loads((tmp_path / "report" / "report.json").read_text())["runs"]] == ["half0A"]
+
+
+def test_make_lmdb_of_no_readable_image_says_so(tree, tmp_path):
+    (tmp_path / "gone.txt").write_text("c0/gone.png 0\nc0/lost.png 0\n")
+    result = runner().invoke(cli, ["make-lmdb", str(tmp_path / "gone.txt"), str(tree / "img"), str(tmp_path / "db")])
+    assert result.exit_code == 1
+    last = result.stderr.splitlines()[-1]  # above it, each skipped image is named as it goes
+    assert "none of the 2 images of" in last and "could be read" in last and "mixed sizes" not in result.output
+
+
+def test_a_misspelt_field_in_a_template_fails_at_gen(tmp_path, monkeypatch):
+    from caffe_transfer.common import resources
+
+    templates = tmp_path / "templates"
+    shutil.copytree(resources.resource_dir("templates"), templates)
+    net = templates / "_net.j2"
+    net.write_text(net.read_text().replace('name: "', 'nmae: "'))
+    monkeypatch.setattr(resources, "resource_dir", lambda name: templates)
+    result = runner().invoke(cli, ["gen", "-t", "half0A", "--out", str(tmp_path / "run")])
+    assert_one_line_error(result, "train_val.prototxt as rendered: not a valid NetParameter")
+    assert "nmae" in result.stderr and not (tmp_path / "run").exists()
+
+
+def test_solver_values_are_written_as_caffe_types_them(tmp_path, pb2):
+    from google.protobuf import text_format
+
+    result = runner().invoke(cli, ["gen", "-t", "half0A", "--out", str(tmp_path / "run"), "--solver", "max_iter=100",
+                                   "--solver", "base_lr=1e-3", "--solver", "random_seed=-1"])
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "run" / "solver.prototxt").read_text()
+    assert "max_iter: 100\n" in text and "base_lr: 0.001\n" in text and "random_seed: -1\n" in text
+    solver = text_format.Parse(text, pb2.SolverParameter())
+    assert (solver.max_iter, solver.random_seed) == (100, -1)
+
+
+def test_write_slurm_refuses_a_control_character_and_writes_nothing(tmp_path):
+    runs = [PlanRun("half0A", None, 10)]
+    for plan_dir, args in ((tmp_path / "a\nb", ()), (tmp_path / "ok", ("--time=1\rtouch x",))):
+        with pytest.raises(CaffeTransferError, match="control character"):
+            write_slurm(plan_dir, runs, gpu=False, sbatch_args=args)
+        assert not plan_dir.exists()
+
+
+def test_submit_sh_keeps_an_odd_plan_path_in_its_line(tmp_path, pb2):
+    """Quotes, $() and spaces in the plan folder: sbatch gets the scripts, nothing else runs."""
+    out = tmp_path / "it's $(touch INJECTED) `touch INJECTED` plan"
+    result = runner().invoke(cli, ["plan", "--experiments", "natman", "--arch", "small", "--cpu", "--out", str(out),
+                                   "--scheduler", "slurm", "--sbatch-arg=--comment=$(touch INJECTED)"])
+    assert result.exit_code == 0, result.output
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text('#!/bin/sh\necho "$@" >> "$SBATCH_CALLS"\necho 7\n')
+    (bin_dir / "sbatch").chmod(0o755)
+    calls = tmp_path / "calls"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SBATCH_CALLS": str(calls)}
+    proc = subprocess.run(["bash", str(out / "slurm" / "submit.sh")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert calls.read_text().splitlines()[0] == "--parsable first.sbatch"
+    assert len(calls.read_text().splitlines()) == 3  # first, then the transfers of each natman base
+    assert not list(tmp_path.rglob("INJECTED"))
+    sbatch = (out / "slurm" / "first.sbatch").read_text()
+    assert "#SBATCH --comment=$(touch INJECTED)\n" in sbatch  # sbatch reads it as a comment's text
+
+
+def test_boundary_turns_os_json_and_lmdb_errors_into_one_line():
+    import lmdb
+
+    from caffe_transfer.cli import one_line
+
+    assert one_line(FileNotFoundError(2, "No such file or directory", "/x/y")) == "/x/y: No such file or directory"
+    try:
+        json.loads("{")
+    except json.JSONDecodeError as e:
+        assert one_line(e).startswith("a file is not valid JSON: Expecting property name")
+    assert one_line(lmdb.InvalidError("/d/lmdb: MDB_INVALID: File is not an LMDB file")) == \
+        "LMDB: /d/lmdb: MDB_INVALID: File is not an LMDB file"
+    assert one_line(KeyError("bug")) is None
+
+
+def test_an_unexpected_error_keeps_its_traceback_with_a_note(monkeypatch, capsys, tmp_path):
+    from caffe_transfer import cli as cli_module
+    from caffe_transfer.runs import gen as gen_module
+
+    def broken(*args, **kwargs):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(gen_module, "write_runs", broken)
+    monkeypatch.setattr(sys, "argv", ["caffe-transfer", "gen", "-t", "half0A", "--out", str(tmp_path / "r")])
+    with pytest.raises(SystemExit) as exit_:
+        cli_module.main()
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1
+    assert "Traceback" in err and "KeyError: 'a bug'" in err and err.rstrip().endswith(cli_module.BUG_NOTE)
+
+
+@pytest.mark.slow
+def test_a_full_disk_during_train_shows_caffes_error_first(tmp_path, pb2):
+    """The run folder on a 1 MB tmpfs: Caffe cannot write its first snapshot, and then status.json
+    cannot be written either; the one line leads with Caffe's error."""
+    from tests.conftest import make_data_root
+
+    data = make_data_root(tmp_path / "data", {"half0A_train", "half0A_valid"}, 32, 8, 3, pb2)
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        gen.write_runs({disk / "run": parse("half0A")}, gen.GenOptions(
+            arch="small", data_root=data, fc8_outputs=3, gpu=False,
+            solver={"max_iter": 20, "snapshot": 10, "test_interval": 10, "test_iter": 1, "display": 5}))
+        proc = subprocess.run([str(Path(sys.executable).parent / "caffe-transfer"), "train", str(disk / "run"), "--quiet"],
+                              capture_output=True, text=True, env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("Error: caffe train of half0A failed")
+    assert "Check failed: proto.SerializeToOstream" in proc.stderr
+    assert proc.stderr.rstrip().endswith(f"(and then: {disk}/run/status.json: No space left on device)")
