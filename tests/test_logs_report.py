@@ -182,6 +182,7 @@ def _caffe_parse_log():
     return module
 
 
+@pytest.mark.slow  # trains a tiny net for a real log
 def test_todays_log_parses_like_caffes_parse_log(real_log_with_outputs, tmp_path):
     real_log = real_log_with_outputs
     # parse_log.py reads the classic stamp (I1127 18:11:30); glog >= 0.6 adds the year
@@ -202,6 +203,7 @@ def test_todays_log_parses_like_caffes_parse_log(real_log_with_outputs, tmp_path
     assert logs.parse_file(real_log, train=False).test == ours.test
 
 
+@pytest.mark.slow  # trains a tiny net for a real log
 def test_loss_without_top_gives_train_rows_from_iteration_lines(real_log):
     tables = logs.parse_file(real_log)
     assert "Train net output" not in real_log.read_text()
@@ -210,6 +212,7 @@ def test_loss_without_top_gives_train_rows_from_iteration_lines(real_log):
     assert [r["NumIters"] for r in tables.test] == [0, 20, 40, 60]
 
 
+@pytest.mark.slow  # trains a tiny net for a real log
 def test_parse_log_cli_writes_parse_log_csvs(real_log, tmp_path):
     result = CliRunner().invoke(cli, ["parse-log", str(real_log), "--csv", str(tmp_path / "t")])
     assert result.exit_code == 0, result.output
@@ -218,6 +221,7 @@ def test_parse_log_cli_writes_parse_log_csvs(real_log, tmp_path):
     assert (tmp_path / "t.train.csv").read_text().splitlines()[0] == "NumIters,Seconds,LearningRate,loss"
 
 
+@pytest.mark.slow  # trains a tiny net for a real log
 def test_report_over_gen_runs_uses_their_treatment_json(real_log, tmp_path):
     result = CliRunner().invoke(cli, ["report", str(real_log.parent.parent), "--out", str(tmp_path / "r")])
     assert result.exit_code == 0, result.output
