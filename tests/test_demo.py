@@ -19,7 +19,7 @@ from caffe_transfer.common.caffe_env import caffe_pb2
 from caffe_transfer.grid.scheduler import run_grid
 from caffe_transfer.model.treatments import Kind, parse
 from caffe_transfer.runs import logs
-from caffe_transfer.runs.folder import Run
+from caffe_transfer.runs.folder import Run, State
 from caffe_transfer.runs.gen import GenOptions, write_runs
 from caffe_transfer.runs.train import HEADER
 
@@ -117,7 +117,7 @@ def test_a_failed_base_holds_back_only_its_transfers(tmp_path):
                GenOptions(data_root=tmp_path / "missing", **options))
     write_runs({runs / "half0B": parse("half0B")}, GenOptions(data_root=good, **options))
     result = run_grid([runs / "transfer0A0B_1_2", runs / "half0B", runs / "half0A"], workers=2, progress=False)
-    status = {p.name: o.status for p, o in result.outcomes.items()}
-    assert status == {"half0A": "failed", "transfer0A0B_1_2": "held", "half0B": "finished"}
-    assert "its base half0A did not finish" in result.outcomes[runs / "transfer0A0B_1_2"].error
+    states = {p.name: o.state for p, o in result.outcomes.items()}
+    assert states == {"half0A": State.FAILED, "transfer0A0B_1_2": State.WAITING, "half0B": State.DONE}
+    assert "its base half0A did not finish" in result.outcomes[runs / "transfer0A0B_1_2"].detail
     assert not (runs / "transfer0A0B_1_2" / "train.log").exists()

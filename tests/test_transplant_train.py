@@ -27,7 +27,7 @@ from caffe_transfer.common.errors import CaffeTransferError
 from caffe_transfer.data.lmdb import BuildOptions, build
 from caffe_transfer.model.treatments import parse
 from caffe_transfer.runs import logs
-from caffe_transfer.runs.folder import Run
+from caffe_transfer.runs.folder import Run, State
 from caffe_transfer.runs.gen import GenOptions, write_runs
 from caffe_transfer.runs.train import start, train
 from caffe_transfer.runs.transplant import checksum, read_caffemodel, transplant
@@ -90,7 +90,7 @@ def runs(data_root, tmp_path_factory) -> Path:
     runs = tmp_path_factory.mktemp("runs")
     for name in ("half0A", "half0B"):
         result = train(_gen(runs, name, data_root), progress=False)
-        assert result.status == "finished" and result.iteration == SOLVER["max_iter"]
+        assert result.state is State.DONE and result.iteration == SOLVER["max_iter"]
     return runs
 
 
@@ -243,7 +243,7 @@ def test_transplant_and_caffes_own_route_start_from_the_sameread_caffemodel(runs
     caffes = _gen(tmp_path / "caffes", "transfer-ft0B0A_1_4", data_root, max_iter=0, snapshot=0)
     for d in (ours, caffes):
         (d.parent / "half0B").symlink_to(runs / "half0B")
-    assert train(ours, progress=False).status == "finished"
+    assert train(ours, progress=False).state is State.DONE
     proc = subprocess.run(["bash", str(caffes / "run.sh")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "-weights ../half0B/snapshots/half0B_iter_80.caffemodel" in proc.stdout
@@ -261,7 +261,7 @@ def test_trained_transfers_keep_frozen_blobs_and_move_the_rest(runs, data_root, 
     if not run_dir.exists():
         _gen(runs, name, data_root)
     result = train(run_dir, progress=False)
-    assert result.status == "finished"
+    assert result.state is State.DONE
     run = Run.load(run_dir)
     final, init = read_caffemodel(run.final_model), read_caffemodel(run.init_weights)
     base = read_caffemodel(run.base_weights())
@@ -296,8 +296,8 @@ def test_stopped_and_killed_runs_resume_to_one_continuous_log(data_root, tmp_pat
     _wait_for(log, "Iteration 50,", proc)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "with a snapshot; run again to resume" in out
-    stopped_at = max(i for i, _ in Run.load(run_dir).states())
+    stopped_at = Run.load(run_dir).resume_state().iteration
+    assert proc.returncode == 130 and f"stopped at iteration {stopped_at} with a snapshot; run again to resume" in out
     assert stopped_at % 40 != 0 and stopped_at >= 50
 
     # SIGKILL: nothing is saved, Caffe dies with the trainer, the next start resumes from the last snapshot.
@@ -310,7 +310,7 @@ def test_stopped_and_killed_runs_resume_to_one_continuous_log(data_root, tmp_pat
     time.sleep(1.5)
     assert log.stat().st_size == size, "caffe kept running after its trainer was killed"
 
-    assert train(run_dir, progress=False).status == "finished"
+    assert train(run_dir, progress=False).state is State.DONE
     text = log.read_text()
     sessions = [line for line in text.splitlines() if line.startswith("==> caffe-transfer train")]
     assert len(sessions) == 3
@@ -320,7 +320,7 @@ def test_stopped_and_killed_runs_resume_to_one_continuous_log(data_root, tmp_pat
     tables = logs.parse_file(log)
     assert [r["NumIters"] for r in tables.test] == [0, 20, 40, 60, 80, 100, 120]
     assert [r["NumIters"] for r in tables.train] == list(range(0, 121, 10))
-    assert Run.load(run_dir).finished and train(run_dir, progress=False).status == "already finished"
+    assert Run.load(run_dir).finished and train(run_dir, progress=False).already_done
 
 
 def test_resume_skips_a_cut_snapshot_and_repoints_a_moved_one(runs, tmp_path):
@@ -333,9 +333,9 @@ def test_resume_skips_a_cut_snapshot_and_repoints_a_moved_one(runs, tmp_path):
     state.learned_net = "/gone/half0B/snapshots/half0B_iter_80.caffemodel"
     state_path.write_bytes(state.SerializeToString())
     run = Run.load(moved)
-    assert run.resume_state() == (80, state_path)
+    assert (run.resume_state().iteration, run.resume_state().state) == (80, state_path)
     state.ParseFromString(state_path.read_bytes())
     assert state.learned_net == "snapshots/half0B_iter_80.caffemodel"
     state_path.write_bytes(state_path.read_bytes()[:7])  # cut short by a kill
-    assert run.resume_state() == (40, moved / "snapshots" / "half0B_iter_40.solverstate")
+    assert run.resume_state().state == moved / "snapshots" / "half0B_iter_40.solverstate"
     assert start(run).args == ["-snapshot", "snapshots/half0B_iter_40.solverstate"]

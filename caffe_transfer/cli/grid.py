@@ -19,15 +19,15 @@ from caffe_transfer.cli.types import GpuList, ScriptPath, existing_dir, out_dir
 def report_grid(result, when: str = "") -> None:
     """How many runs of a grid trained, what happened to the others; exit 130 when a signal
     stopped it (run the command again to continue)."""
-    from caffe_transfer.grid.scheduler import DONE
+    from caffe_transfer.runs.folder import STOPPED_EXIT
 
     click.echo(f"{result.trained}/{len(result.outcomes)} runs trained {when}".rstrip())
     for outcome in result.outcomes.values():
-        if outcome.status not in (*DONE, "not started"):
-            click.echo(f"  {outcome.name}: {outcome.status} {outcome.error}".rstrip())
+        if outcome.detail:
+            click.echo(f"  {outcome.name}: {outcome.state.value} {outcome.detail}")
     if result.interrupted:
         click.echo("stopped; run the same command again to continue")
-        raise SystemExit(130)
+        raise SystemExit(STOPPED_EXIT)
 
 
 @click.command()
@@ -99,8 +99,9 @@ def run_all(plan_dir, gpus, cpu_workers, quiet) -> None:
 
     if gpus and cpu_workers:
         raise click.UsageError("give --gpus or --cpu-workers, not both")
-    runs = [Path(plan_dir) / r.name for r in read_plan(plan_dir)]
-    result = run_grid(runs, workers=cpu_workers or 1, gpus=gpus, progress=not quiet)
+    plan = read_plan(plan_dir)
+    result = run_grid([Path(plan_dir) / r.name for r in plan], workers=cpu_workers or 1, gpus=gpus,
+                      progress=not quiet, bases={r.name: r.base for r in plan})
     report_grid(result)
     if not result.complete:
         raise SystemExit(1)
@@ -120,6 +121,6 @@ def status(plan_dir) -> None:
         it = f"{r['iteration'] or 0}/{r['max_iter']}"
         acc = f"{r['accuracy']:.4f}" if r["accuracy"] is not None else "-"
         score = f"{r['score']:.4f}" if r["score"] is not None else "-"
-        click.echo(f"{r['name']:24} {r['state']:8} {it:>17} {acc:>8} {score:>7}  {r['detail'][:120]}")
-    counts = Counter(r["state"] for r in rows)
+        click.echo(f"{r['name']:24} {r['state'].value:8} {it:>17} {acc:>8} {score:>7}  {r['detail'][:120]}")
+    counts = Counter(r["state"].value for r in rows)
     click.echo(", ".join(f"{n} {state}" for state, n in sorted(counts.items())))

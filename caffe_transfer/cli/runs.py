@@ -102,15 +102,16 @@ def train(run_dir, gpu, quiet) -> None:
     """Run caffe train on a run folder: resumes from its newest snapshot, log in RUN_DIR/train.log.
 
     A transfer starts from its transplanted init (made from the base's final snapshot if missing).
-    Ctrl-C or SIGTERM makes Caffe snapshot before it stops; run the command again to resume."""
+    Ctrl-C, SIGTERM or SIGHUP makes Caffe snapshot before it stops; run the command again to resume."""
+    from caffe_transfer.runs.folder import STOPPED_EXIT, State
     from caffe_transfer.runs.train import train as run_train
 
-    result = run_train(run_dir, gpu=gpu, progress=not quiet)
+    result = run_train(run_dir, gpu=gpu, progress=not quiet, on_note=lambda note: click.echo(note, err=True))
     name = result.run.name
-    if result.status == "stopped":
+    if result.state is State.STOPPED:
         click.echo(f"{name}: stopped at iteration {result.iteration} with a snapshot; run again to resume")
-        raise SystemExit(130)
-    if result.status == "already finished":
+        raise SystemExit(STOPPED_EXIT)
+    if result.already_done:
         click.echo(f"{name}: already finished ({result.run.final_model})")
         return
     click.echo(f"{name}: trained iterations {result.start}..{result.iteration} in {result.seconds:.0f} s; "

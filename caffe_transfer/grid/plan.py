@@ -23,6 +23,8 @@ from caffe_transfer.common.version import __version__
 from caffe_transfer.data.splits import SPLIT_IDS
 from caffe_transfer.model.solvers import solver_values
 from caffe_transfer.model.treatments import Kind, Treatment, authors_grid, parse
+from caffe_transfer.runs import logs
+from caffe_transfer.runs.folder import Run, State
 from caffe_transfer.runs.gen import GenOptions, write_runs
 
 T = TypeVar("T")
@@ -137,34 +139,16 @@ def read_plan(plan_dir: str | Path) -> list[PlanRun]:
 
 
 def states(plan_dir: str | Path) -> list[dict]:
-    """Each run of a plan with its state: done (score), running (iteration, latest accuracy),
-    failed (the error), stopped (resumable), waiting (for its base) or ready."""
-    from caffe_transfer.runs import logs
-    from caffe_transfer.runs.folder import Run
-
+    """Each run of a plan with its state (as its run folder says) and detail, its iteration and
+    latest val accuracy, and its score once done."""
     plan_dir = Path(plan_dir)
-    runs = read_plan(plan_dir)
-    loaded = {r.name: Run.load(plan_dir / r.name) for r in runs}
-    finished = {name: run.finished for name, run in loaded.items()}
     rows = []
-    for r in runs:
-        run = loaded[r.name]
+    for r in read_plan(plan_dir):
+        run = Run.load(plan_dir / r.name)
         tables = logs.read_run(run.dir, train=False) if run.log.is_file() else logs.LogTables()
         acc = tables.accuracies()
-        row = {"name": r.name, "base": r.base, "max_iter": r.max_iter, "iteration": tables.last_iteration,
-               "accuracy": acc[-1] if acc else None, "score": None, "detail": ""}
-        status = run.status()
-        if finished[r.name]:
-            row.update(state="done", score=logs.score(acc))
-        elif status.get("state") == "running":
-            row.update(state="running", detail=f"pid {status.get('pid')} on {status.get('host')}")
-        elif status.get("state") == "failed":
-            row.update(state="failed", detail=status.get("error", ""))
-        elif r.base and not finished[r.base]:
-            row.update(state="waiting", detail=f"for {r.base}")
-        elif run.states():
-            row.update(state="stopped", detail="resumes from its snapshot")
-        else:
-            row.update(state="ready")
-        rows.append(row)
+        state, detail = run.state()
+        rows.append({"name": r.name, "base": r.base, "max_iter": r.max_iter, "iteration": tables.last_iteration,
+                     "accuracy": acc[-1] if acc else None, "state": state, "detail": detail,
+                     "score": logs.score(acc) if state is State.DONE else None})
     return rows

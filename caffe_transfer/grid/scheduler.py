@@ -1,7 +1,7 @@
 """Training many run folders at once: bases before their transfers, one run per worker.
 
-A transfer run depends on its base run when the base is in the same set (the base's final
-snapshot is the hand-off). Runs whose base has finished are started most-depended-on first, so
+A transfer run depends on its base run, as plan.json says (the base's final snapshot is the
+hand-off). Runs whose base has finished are started most-depended-on first, so
 bases never wait behind transfers. Finished runs are skipped, interrupted ones resume from their
 snapshots (`train` does both), a failed run holds back its dependants while independent runs go
 on. One progress bar covers the whole set: runs done, the runs in progress, time left.
@@ -21,20 +21,18 @@ from pathlib import Path
 from tqdm import tqdm
 
 from caffe_transfer.common.errors import CaffeTransferError
-from caffe_transfer.grid.plan import priority_order
-from caffe_transfer.runs.folder import Run
-from caffe_transfer.runs.train import train
-
-DONE = ("finished", "already finished")
+from caffe_transfer.grid.plan import plan_runs, priority_order
+from caffe_transfer.runs.folder import Run, State
+from caffe_transfer.runs.train import SIGNALS, train
 
 
 @dataclass
 class Outcome:
     name: str
-    status: str          # finished, already finished, stopped, failed, held (its base failed),
-                         # not started (the grid was interrupted first)
+    state: State         # done, stopped, failed; waiting (its base did not finish), or where a run
+                         # the grid did not start stands
     seconds: float = 0.0
-    error: str = ""
+    detail: str = ""
 
 
 @dataclass
@@ -42,22 +40,22 @@ class GridResult:
     outcomes: dict[Path, Outcome] = field(default_factory=dict)
     interrupted: bool = False  # a signal stopped the grid: run it again to continue
 
-    def count(self, *statuses: str) -> int:
-        return sum(o.status in statuses for o in self.outcomes.values())
-
     @property
     def trained(self) -> int:
-        return self.count(*DONE)
+        return sum(o.state is State.DONE for o in self.outcomes.values())
 
     @property
     def complete(self) -> bool:
         return self.trained == len(self.outcomes)
 
 
-def dependencies(runs: list[Run]) -> dict[Path, Path | None]:
-    """Each run's base run folder, where that base is among `runs`."""
-    folders = {r.dir for r in runs}
-    return {r.dir: r.base_dir if r.base_dir in folders else None for r in runs}
+def dependencies(runs: list[Run], bases: dict[str, str | None] | None = None) -> dict[Path, Path | None]:
+    """Each run's base run folder: from `bases` (run name -> base name, as plan.json holds it),
+    else from the graph `plan` would write for these runs."""
+    if bases is None:
+        bases = {r.name: r.base for r in plan_runs([run.treatment for run in runs])}
+    folders = {r.name: r.dir for r in runs}
+    return {r.dir: folders.get(bases.get(r.name)) for r in runs}
 
 
 class _Live:
@@ -87,9 +85,11 @@ class _Live:
 
 
 def run_grid(run_dirs: list[str | Path], workers: int = 1, gpus: list[int] | None = None,
-             blas_threads: int | None = None, progress: bool = True) -> GridResult:
+             blas_threads: int | None = None, progress: bool = True,
+             bases: dict[str, str | None] | None = None) -> GridResult:
     """Train every run to its max_iter on `workers` CPU slots, or one slot per GPU in `gpus`.
 
+    `bases` is the dependency graph (run name -> base name; default: `plan`'s for these runs).
     On CPU slots each Caffe gets cores/workers OpenBLAS threads unless `blas_threads` says."""
     runs = [Run.load(d) for d in run_dirs]
     slots = list(gpus) if gpus else [None] * workers
@@ -97,7 +97,7 @@ def run_grid(run_dirs: list[str | Path], workers: int = 1, gpus: list[int] | Non
         raise CaffeTransferError(f"no workers: expected --workers >= 1 or a GPU list (got {workers})")
     if blas_threads is None and not gpus:
         blas_threads = max(1, (os.cpu_count() or 1) // workers)
-    after = dependencies(runs)
+    after = dependencies(runs, bases)
     pending = priority_order(runs, name=attrgetter("dir"), base=lambda r: after[r.dir])
     result = GridResult()
     total = sum(r.max_iter for r in runs)
@@ -105,7 +105,7 @@ def run_grid(run_dirs: list[str | Path], workers: int = 1, gpus: list[int] | Non
     live = _Live()
     saved = {}
     if threading.current_thread() is threading.main_thread():
-        saved = {s: signal.signal(s, live.stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        saved = {s: signal.signal(s, live.stop) for s in SIGNALS}
     free = list(slots)
     running: dict[Future, tuple[Run, object]] = {}
 
@@ -125,8 +125,9 @@ def run_grid(run_dirs: list[str | Path], workers: int = 1, gpus: list[int] | Non
             while pending or running:
                 for run in list(pending):
                     base = after[run.dir]
-                    if base in result.outcomes and result.outcomes[base].status not in DONE:
-                        result.outcomes[run.dir] = Outcome(run.name, "held", error=f"its base {base.name} did not finish")
+                    if base in result.outcomes and result.outcomes[base].state is not State.DONE:
+                        result.outcomes[run.dir] = Outcome(run.name, State.WAITING,
+                                                           detail=f"its base {base.name} did not finish")
                         pending.remove(run)
                         bar.update(run.max_iter)
                     elif free and not live.stopping and (base is None or base in result.outcomes):
@@ -145,7 +146,7 @@ def run_grid(run_dirs: list[str | Path], workers: int = 1, gpus: list[int] | Non
         if live.stopping:
             result.interrupted = True
             for run in pending:
-                result.outcomes[run.dir] = Outcome(run.name, "not started")
+                result.outcomes[run.dir] = Outcome(run.name, run.state()[0])
     finally:
         for s, handler in saved.items():
             signal.signal(s, handler)
@@ -158,5 +159,5 @@ def _outcome(run: Run, future: Future) -> Outcome:
     try:
         r = future.result()
     except CaffeTransferError as e:
-        return Outcome(run.name, "failed", error=str(e))
-    return Outcome(run.name, r.status, r.seconds)
+        return Outcome(run.name, State.FAILED, detail=str(e))
+    return Outcome(run.name, r.state, r.seconds)

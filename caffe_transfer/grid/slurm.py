@@ -17,6 +17,7 @@ from pathlib import Path
 from caffe_transfer.common.atomic import write_atomic
 from caffe_transfer.common.version import __version__
 from caffe_transfer.grid.plan import PlanRun, priority_order
+from caffe_transfer.runs.folder import STOPPED_EXIT
 from caffe_transfer.runs.gen import jinja_environment
 
 FOLDER = "slurm"
@@ -37,7 +38,8 @@ def write_slurm(plan_dir: str | Path, runs: list[PlanRun], gpu: bool, cpus: int 
     env = jinja_environment()
     array = env.get_template("slurm_array.sbatch.j2")
     common = {"version": __version__, "plan_dir": plan_dir, "logs": folder / "logs", "gpu": gpu, "cpus": cpus,
-              "grace": grace, "sbatch_args": sbatch_args, "trainer": trainer()}
+              "grace": grace, "sbatch_args": sbatch_args, "trainer": trainer(),
+              "stopped_exit": STOPPED_EXIT}
     first = [r.name for r in priority_order(runs) if r.base is None]
     scripts = {"first.sbatch": array.render(name="ct-first", runs=first, description="runs without a base",
                                             **common)}

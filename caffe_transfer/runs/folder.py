@@ -1,18 +1,26 @@
-"""A run folder as `gen` wrote it: its treatment, its solver, its snapshots and its base.
+"""A run folder and its rules, in one place: its files, fingerprint, lock, snapshots and state.
 
-`transplant`, `train` and the report all find a run's files through this module, so the rules
-(the final snapshot is `<prefix>_iter_<max_iter>`, a transfer's base is the base run beside it,
-the newest readable `.solverstate` is where a run resumes) are written once.
+`gen` writes the folder and its fingerprint; `transplant`, `train`, `status`, `run-all`, SLURM
+tasks and `run.sh` (rendered from what this module resolves) ask it and derive nothing:
+- the fingerprint says what defines the run (treatment, rendered net and solver, base weights);
+  `transplant.json` and each training session (its header line in `train.log`) record the one
+  they were made for, so weights of an earlier version of the folder are never trained from;
+- a snapshot counts once `train.log` shows Caffe went on after writing its `.solverstate` (Caffe
+  writes the `.caffemodel`, then the state, then logs its next line), so one cut short by a kill
+  is passed over for the one before it; the final snapshot is the one at `max_iter`;
+- one trainer at a time holds the folder's lock (`lock.py`) for the life of its Caffe;
+- the state (waiting, ready, running, stopped, failed, done) follows from the above.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import hashlib
 import json
-import os
 import re
-import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from enum import Enum
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -22,14 +30,124 @@ from caffe_transfer.common.atomic import write_atomic
 from caffe_transfer.common.caffe_env import caffe_pb2
 from caffe_transfer.common.errors import CaffeTransferError
 from caffe_transfer.model.architectures import architecture
-from caffe_transfer.model.treatments import LayerRole, Treatment, parse
+from caffe_transfer.model.treatments import Kind, LayerRole, Treatment, parse
+from caffe_transfer.runs.lock import LOCK, Lock, holder
 
 DESCRIPTION = "treatment.json"
+NET = "train_val.prototxt"
 SOLVER = "solver.prototxt"
 LOG = "train.log"
-STATUS = "status.json"  # what `train` last said of the run: running (pid, host), finished, stopped, failed
+STATUS = "status.json"  # how the last session ended (failed, with its error; stopped; done)
 INIT = "init.caffemodel"
-_STATE = re.compile(r"_iter_(\d+)\.solverstate$")
+RECORD = "transplant.json"
+SNAPSHOT_DIR = "snapshots"
+STOPPED_EXIT = 130  # a trainer's exit status when its run stopped with a snapshot (as after Ctrl-C)
+SESSION = "==> "  # starts the line each session writes in train.log before Caffe's output
+STATE_WRITTEN = "Snapshotting solver state to binary proto file "  # Caffe, before it writes one
+_STATE_LINE = re.compile(rb"Snapshotting solver state to binary proto file (\S+)_iter_(\d+)\.solverstate")
+_GLOG = re.compile(rb"[IWEF](\d{4})?\d{4} ")  # a line of Caffe's: severity, [year,] month, day
+_FINGERPRINT = re.compile(rb"fingerprint (treatment=\S+ net=\S+ solver=\S+ base=\S+)")
+
+
+class State(str, Enum):
+    """Where a run stands; the one list status, run-all, the report and SLURM tasks use."""
+
+    WAITING = "waiting"  # for its base's final snapshot
+    READY = "ready"
+    RUNNING = "running"
+    STOPPED = "stopped"  # by a signal or a kill; resumes from its newest snapshot
+    FAILED = "failed"
+    DONE = "done"
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What defines a run, as gen wrote it; digests are the first 12 hex digits of a sha256."""
+
+    treatment: str
+    net: str
+    solver: str
+    base: str
+
+    @classmethod
+    def of(cls, treatment: str, net: str, solver: str, base_weights: str | Path | None) -> Fingerprint:
+        return cls(treatment, _digest(net), _digest(solver), _digest(str(base_weights)) if base_weights else "none")
+
+    @classmethod
+    def parse(cls, text: str) -> Fingerprint | None:
+        values = dict(item.partition("=")[::2] for item in text.split())
+        return cls(**values) if set(values) == {f.name for f in fields(cls)} else None
+
+    def __str__(self) -> str:
+        return " ".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self))
+
+    def changes(self, since: Fingerprint | None) -> str:
+        """What differs from `since`, in words ('no fingerprint recorded' for None)."""
+        if since is None:
+            return "no fingerprint recorded"
+        words = {"net": NET, "solver": SOLVER, "base": "base weights"}
+        return ", ".join(f"treatment {since.treatment} -> {self.treatment}" if f.name == "treatment"
+                         else f"{words[f.name]} changed" for f in fields(self)
+                         if getattr(self, f.name) != getattr(since, f.name))
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def snapshot_prefix(name: str) -> str:
+    """The solver's snapshot_prefix, relative to the run folder (Caffe's working directory)."""
+    return f"{SNAPSHOT_DIR}/{name}"
+
+
+def snapshot_file(prefix: str, iteration: int, suffix: str = ".caffemodel") -> str:
+    return f"{prefix}_iter_{iteration}{suffix}"
+
+
+def script_values(treatment: Treatment, max_iter: int, fingerprint: Fingerprint, base_weights: Path | None,
+                  base_given: bool) -> dict:
+    """What run.sh prints, resolved here so that the script holds values and no rules of its own.
+    A transfer's run.sh with no usable init starts from `base_weights` when they were given to gen,
+    else from the final snapshot the base's own run.sh names (`base_weights` if it has none)."""
+    prefix = snapshot_prefix(treatment.name)
+    return {"name": treatment.name, "description": treatment.describe(), "fingerprint": str(fingerprint),
+            "final": snapshot_file(prefix, max_iter), "final_stem": snapshot_file(prefix, max_iter, ""), "log": LOG, "lock": LOCK,
+            "status": STATUS, "init": INIT if treatment.kind in (Kind.TRANSFER, Kind.RANDOM) else None,
+            "record": RECORD, "base": treatment.base.name if treatment.base else None,
+            "base_weights": base_weights, "session": SESSION,
+            "base_dir": Path("..") / treatment.base.name if treatment.base and not base_given else None, "state_written": STATE_WRITTEN,
+            "stopped_exit": STOPPED_EXIT}
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A snapshot train.log shows written to the end, with the fingerprint of its session."""
+
+    iteration: int
+    state: Path
+    model: Path
+    fingerprint: Fingerprint | None
+
+
+@functools.lru_cache(maxsize=1024)
+def _written(log: Path, size: int, mtime_ns: int) -> dict[tuple[str, int], Fingerprint | None]:
+    """(path less `_iter_N.solverstate`, N) -> fingerprint of its session, for each .solverstate
+    that train.log shows finished (a line of Caffe's follows the one it logs before writing the
+    file), in the order they were written, last written last."""
+    written, fingerprint, pending = {}, None, None
+    with open(log, "rb") as f:
+        for line in f:
+            if line.startswith(SESSION.encode()):
+                m = _FINGERPRINT.search(line)
+                fingerprint, pending = Fingerprint.parse(m[1].decode()) if m else None, None
+                continue
+            if pending and _GLOG.match(line):
+                written.pop(pending, None)
+                written[pending] = fingerprint
+                pending = None
+            if STATE_WRITTEN.encode() in line and (m := _STATE_LINE.search(line)):
+                pending = (m[1].decode(), int(m[2]))
+    return written
 
 
 @dataclass(frozen=True)
@@ -50,8 +168,11 @@ class Run:
         try:
             description = json.loads(path.read_text())
             treatment = parse(description["name"])
+            if Fingerprint.parse(description["fingerprint"]) is None:
+                raise ValueError(f"fingerprint {description['fingerprint']!r}")
         except (ValueError, KeyError) as e:
-            raise CaffeTransferError(f"{path}: not a treatment description written by gen ({e})") from None
+            raise CaffeTransferError(f"{path}: not a treatment description written by gen ({e}): "
+                                     "write the folder again with caffe-transfer gen") from None
         solver = caffe_pb2().SolverParameter()
         try:
             text_format.Parse((run_dir / SOLVER).read_text(), solver)
@@ -62,6 +183,10 @@ class Run:
     @property
     def name(self) -> str:
         return self.treatment.name
+
+    @property
+    def fingerprint(self) -> Fingerprint:
+        return Fingerprint.parse(self.description["fingerprint"])
 
     def roles(self) -> list[LayerRole]:
         """What the treatment model says of each weight layer of this run's architecture."""
@@ -76,72 +201,134 @@ class Run:
     def log(self) -> Path:
         return self.dir / LOG
 
-    def write_status(self, state: str, **fields) -> None:
+    def lock(self, what: str) -> Lock:
+        """Hold the folder for `what` (a one-line error naming the holder when it is taken)."""
+        return Lock(self.dir, what)
+
+    def session_line(self, by: str, begin: str, command: str) -> str:
+        """The line a session writes in train.log before Caffe's output, its fingerprint last."""
         stamp = dt.datetime.now().isoformat(timespec="seconds")
-        write_atomic(self.dir / STATUS, json.dumps({"state": state, "at": stamp, **fields}) + "\n")
+        return f"{SESSION}{by} {self.name}: {begin} at {stamp}: {command}; fingerprint {self.fingerprint}"
 
-    def status(self) -> dict:
-        """The last status `train` wrote ({} if none); a `running` whose process is gone on this
-        host reads as `stopped`, and one on another host is taken at its word."""
-        try:
-            status = json.loads((self.dir / STATUS).read_text())
-        except (OSError, ValueError):
-            return {}
-        if status.get("state") == "running" and status.get("host") == socket.gethostname():
-            try:
-                os.kill(status["pid"], 0)
-            except (OSError, KeyError, TypeError):
-                status = {**status, "state": "stopped", "error": "its trainer is gone"}
-        return status
+    def write_status(self, state: State, **fields) -> None:
+        stamp = dt.datetime.now().isoformat(timespec="seconds")
+        write_atomic(self.dir / STATUS, json.dumps({"state": state.value, "at": stamp, **fields}) + "\n")
 
+    # --- snapshots --------------------------------------------------------------------------
     @property
     def init_weights(self) -> Path:
         return self.dir / INIT
 
+    @property
+    def snapshot_prefix(self) -> str:
+        return self.solver.snapshot_prefix
+
     def snapshot(self, iteration: int, suffix: str = ".caffemodel") -> Path:
-        return self.dir / f"{self.solver.snapshot_prefix}_iter_{iteration}{suffix}"
+        return self.dir / snapshot_file(self.snapshot_prefix, iteration, suffix)
 
     @property
     def final_model(self) -> Path:
         """The .caffemodel Caffe writes when the run reaches max_iter: the hand-off to transfers."""
         return self.snapshot(self.max_iter)
 
-    @property
-    def finished(self) -> bool:
-        return self.final_model.is_file()
-
-    def states(self) -> list[tuple[int, Path]]:
-        """The run's .solverstate files with their iterations, oldest first."""
-        folder = self.snapshot(0).parent
-        if not folder.is_dir():
+    def snapshots(self) -> list[Snapshot]:
+        """The snapshots train.log shows written to the end whose files are there, last written
+        last; those of an earlier version of the folder (another prefix, too) among them."""
+        if not self.log.is_file():
             return []
-        found = [(int(m[1]), p) for p in folder.iterdir() if (m := _STATE.search(p.name))
-                 and p.name.startswith(Path(self.solver.snapshot_prefix).name + "_iter_")]
-        return sorted(found)
+        stat = self.log.stat()
+        found = []
+        for (prefix, iteration), fingerprint in _written(self.log, stat.st_size, stat.st_mtime_ns).items():
+            state, model = (self.dir / snapshot_file(prefix, iteration, suffix) for suffix in (".solverstate",
+                                                                                              ".caffemodel"))
+            if _filled(state) and _filled(model):
+                found.append(Snapshot(iteration, state, model, fingerprint))
+        return found
 
-    def resume_state(self) -> tuple[int, Path] | None:
-        """The newest snapshot Caffe can resume from (iteration, .solverstate), or None.
+    def resume_state(self) -> Snapshot | None:
+        """The newest snapshot Caffe can resume from, or None (the rule run.sh follows too); it
+        is this version's unless `stale` says otherwise.
 
-        A snapshot cut short by a kill (empty or unparsable state, missing or empty weights) is
-        passed over for the one before it. A state whose `learned_net` points elsewhere (a run
-        folder that was moved, an absolute snapshot prefix) is repointed at the .caffemodel beside
-        it, because Caffe opens that path relative to its working directory."""
+        A state Caffe cannot read is passed over as well. One whose `learned_net` points
+        elsewhere (a run folder that was moved, an absolute snapshot prefix) is repointed at the
+        .caffemodel beside it, because Caffe opens that path relative to its working directory."""
         pb2 = caffe_pb2()
-        for iteration, path in reversed(self.states()):
+        for snap in reversed(self.snapshots()):
             state = pb2.SolverState()
             try:
-                state.ParseFromString(path.read_bytes())
+                state.ParseFromString(snap.state.read_bytes())
             except DecodeError:
                 continue
-            model = self.snapshot(iteration)
-            if state.iter != iteration or not model.is_file() or model.stat().st_size == 0:
+            if state.iter != snap.iteration:
                 continue
-            wanted = str(model.relative_to(self.dir))
+            wanted = str(snap.model.relative_to(self.dir))
             if state.learned_net != wanted and not (self.dir / state.learned_net).is_file():
                 state.learned_net = wanted
-                write_atomic(path, state.SerializeToString())
-            return iteration, path
+                write_atomic(snap.state, state.SerializeToString())
+            return snap
         return None
+
+    def stale(self, snap: Snapshot | None) -> str | None:
+        """Why `snap` belongs to another version of this folder (one line with the way out), or None."""
+        if snap is None or snap.fingerprint == self.fingerprint:
+            return None
+        return (f"{self.dir}: {snap.state.name} was made for another version of this run folder "
+                f"({self.fingerprint.changes(snap.fingerprint)}): move {SNAPSHOT_DIR}/ and {LOG} aside "
+                f"to train afresh, or gen it again as it was")
+
+    @property
+    def finished(self) -> bool:
+        """Its final snapshot is written, by a session of this version of the folder."""
+        snap = self.resume_state()
+        return snap is not None and snap.iteration >= self.max_iter and not self.stale(snap)
+
+    def init_problem(self) -> str | None:
+        """Why init.caffemodel is not this run's start (missing, or made for another version of
+        the folder or from another base), or None when it is."""
+        if not self.init_weights.is_file():
+            return f"no {INIT}"
+        try:
+            record = json.loads((self.dir / RECORD).read_text())
+        except (OSError, ValueError):
+            return f"{INIT} has no {RECORD}"
+        made_for = Fingerprint.parse(record.get("fingerprint") or "")
+        if made_for != self.fingerprint:
+            return f"{INIT} was made for another version of this folder ({self.fingerprint.changes(made_for)})"
+        if self.treatment.kind is Kind.TRANSFER and not (self.description["base_weights_given"]
+                                                          or record.get("base_chosen")):
+            try:
+                base = str(self.base_weights())
+            except CaffeTransferError:
+                return None  # the base is gone or stale now; the init was made from it when it was right
+            if record.get("base") != base:
+                return f"{INIT} was made from {record.get('base')}, and the base is now {base}"
+        return None
+
+    # --- state --------------------------------------------------------------------------------
+    def state(self) -> tuple[State, str]:
+        """Where the run stands, with a detail (the holder, the error, the base it waits for)."""
+        held_by = holder(self.dir)
+        if held_by:
+            return State.RUNNING, held_by
+        snap = self.resume_state()
+        if self.stale(snap):
+            return State.FAILED, self.stale(snap)
+        if snap and snap.iteration >= self.max_iter:
+            return State.DONE, ""
+        try:
+            status = json.loads((self.dir / STATUS).read_text())
+        except (OSError, ValueError):
+            status = {}
+        if status.get("state") == State.FAILED.value:
+            return State.FAILED, status.get("error", "")
+        if snap:
+            return State.STOPPED, f"resumes from iteration {snap.iteration}"
+        if self.treatment.kind is Kind.TRANSFER and self.init_problem():
+            try:
+                self.base_weights()
+            except CaffeTransferError:
+                return State.WAITING, f"for {self.treatment.base.name}"
+        return State.READY, ""
 
     # --- the base a transfer copies from ----------------------------------------------------
     @property
@@ -152,7 +339,7 @@ class Run:
     def base_weights(self) -> Path:
         """The base net's weights: those given to `gen --base-weights`, else the final snapshot of
         the base run beside this one (by the base's own solver, wherever the folders moved), else
-        the path `gen` derived. Missing, it is an error naming the run to train first."""
+        the path `gen` derived. Missing or stale, it is an error naming the run to train first."""
         base = self.treatment.base
         if base is None:
             raise CaffeTransferError(f"{self.name} ({self.treatment.family}) copies no layers: it has no base")
@@ -166,9 +353,16 @@ class Run:
             base_run = Run.load(beside)
             if base_run.finished:
                 return base_run.final_model
+            stale = base_run.stale(base_run.resume_state())
+            if stale:
+                raise CaffeTransferError(f"{self.name} needs the final snapshot of its base, but {stale}")
             recorded = base_run.final_model
         elif recorded.is_file():
             return recorded
         raise CaffeTransferError(
             f"{self.name} needs the final snapshot of its base {base.name} ({recorded}), which does not "
             f"exist: train the base first (caffe-transfer train {beside})")
+
+
+def _filled(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size > 0

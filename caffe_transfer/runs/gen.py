@@ -33,6 +33,8 @@ from caffe_transfer.model.architectures import (
 )
 from caffe_transfer.model.solvers import solver_values
 from caffe_transfer.model.treatments import Kind, Treatment
+from caffe_transfer.runs import folder
+from caffe_transfer.runs.folder import SNAPSHOT_DIR, Fingerprint, snapshot_file, snapshot_prefix
 
 TRAINABLE = [{"lr_mult": 1, "decay_mult": 1}, {"lr_mult": 2, "decay_mult": 0}]
 FROZEN = [{"lr_mult": 0, "decay_mult": 0}, {"lr_mult": 0, "decay_mult": 0}]
@@ -42,7 +44,6 @@ BACKENDS = ("lmdb",)
 EXECUTABLE = ("run.sh",)
 PROTOTXTS = {"train_val.prototxt": "NetParameter", "deploy.prototxt": "NetParameter",
              "solver.prototxt": "SolverParameter"}
-SNAPSHOT_DIR = "snapshots"
 NET_NAME = "CaffeNet"
 
 
@@ -166,15 +167,6 @@ def deploy_layers(treatment: Treatment, arch: Architecture, channels: int = 3) -
 
 
 # --- run folders ---------------------------------------------------------------------------
-def snapshot_prefix(treatment: Treatment) -> str:
-    return f"{SNAPSHOT_DIR}/{treatment.name}"
-
-
-def final_snapshot(run_dir: Path, treatment: Treatment, max_iter: int) -> Path:
-    """The .caffemodel Caffe writes at the end of a run (its last iteration)."""
-    return Path(run_dir) / f"{snapshot_prefix(treatment)}_iter_{max_iter}.caffemodel"
-
-
 def jinja_environment() -> jinja2.Environment:
     from caffe_transfer.common.resources import resource_dir
 
@@ -206,9 +198,21 @@ def render_run(treatment: Treatment, options: GenOptions, out_dir: Path) -> dict
     roles = treatment.layer_roles([w.name for w in arch.weight_layers])
     base = treatment.base
     base_weights = None
-    if base:
-        base_weights = options.base_weights or final_snapshot(
-            out_dir.parent / base.name, base, solver_values(base.schedule, options.solver)["max_iter"])
+    if base:  # as given, else the base run's final snapshot by its schedule, in the folder beside this one
+        final = snapshot_file(snapshot_prefix(base.name), solver_values(base.schedule, options.solver)["max_iter"])
+        base_weights = options.base_weights or out_dir.parent / base.name / final
+    env = jinja_environment()
+    common = {"treatment": treatment, "arch": arch, "version": __version__, "net_name": NET_NAME}
+    solver_fields = {"net": folder.NET, **solver, "snapshot_prefix": snapshot_prefix(treatment.name)}
+    files = {
+        folder.NET: env.get_template("train_val.prototxt.j2").render(
+            layers=train_val_layers(treatment, arch, options), **common),
+        "deploy.prototxt": env.get_template("deploy.prototxt.j2").render(
+            layers=deploy_layers(treatment, arch, input_channels(mean_path(options.data_root, treatment.mean_set))),
+            **common),
+        folder.SOLVER: env.get_template("solver.prototxt.j2").render(solver=solver_fields, **common),
+    }
+    fingerprint = Fingerprint.of(treatment.name, files[folder.NET], files[folder.SOLVER], base_weights)
     description = {
         "name": treatment.name,
         "notation": treatment.notation,
@@ -234,25 +238,16 @@ def render_run(treatment: Treatment, options: GenOptions, out_dir: Path) -> dict
         "layers": [{"layer": r.layer, "name": r.name, "copied_from": r.copied_from,
                     "frozen": r.frozen, "renamed": r.renamed} for r in roles],
         "solver": {k: str(v) if isinstance(v, ProtoEnum) else v for k, v in solver.items()},
-        "snapshot_prefix": snapshot_prefix(treatment),
+        "snapshot_prefix": snapshot_prefix(treatment.name),
+        "fingerprint": str(fingerprint),
         "generator": f"caffe-transfer {__version__}",
     }
-    env = jinja_environment()
-    common = {"treatment": treatment, "arch": arch, "version": __version__, "net_name": NET_NAME}
-    solver_fields = {"net": "train_val.prototxt", **solver, "snapshot_prefix": snapshot_prefix(treatment)}
-    script = {"final": f"{snapshot_prefix(treatment)}_iter_{solver['max_iter']}.caffemodel",
-              "snapshot_dir": SNAPSHOT_DIR, "snapshot_name": treatment.name, "init": "init.caffemodel",
-              "base": base, "base_weights": base_weights, "base_given": options.base_weights is not None,
-              "base_dir": Path("..") / base.name if base else None}
+    script = folder.script_values(treatment, solver["max_iter"], fingerprint, base_weights,
+                                  options.base_weights is not None)
     return {
         "run.sh": env.get_template("run.sh.j2").render(**script, **common),
-        "train_val.prototxt": env.get_template("train_val.prototxt.j2").render(
-            layers=train_val_layers(treatment, arch, options), **common),
-        "deploy.prototxt": env.get_template("deploy.prototxt.j2").render(
-            layers=deploy_layers(treatment, arch, input_channels(mean_path(options.data_root, treatment.mean_set))),
-            **common),
-        "solver.prototxt": env.get_template("solver.prototxt.j2").render(solver=solver_fields, **common),
-        "treatment.json": json.dumps(description, indent=2) + "\n",
+        **files,
+        folder.DESCRIPTION: json.dumps(description, indent=2) + "\n",
     }
 
 

@@ -1,19 +1,20 @@
 """Running the real `caffe train` on a run folder: start, resume, stop without losing work.
 
-A run starts from scratch (bases, full, reduced), from the weights `transplant` wrote (transfers
-and random-frozen nets; made on the spot from the base's final snapshot when missing), or, when it
-has snapshots, from its newest readable `.solverstate` (never `-snapshot` with `-weights`, which
-Caffe refuses). Caffe runs in the run folder, its log appended to `train.log` line by line, with a
-progress bar of iteration, loss, latest val accuracy and time left. SIGINT or SIGTERM becomes
-Caffe's own SIGINT, on which it snapshots and stops (`-sigint_effect stop` with
-`snapshot_after_train`); a SIGKILL of this process takes Caffe with it, and the next start resumes
-from the last snapshot.
+The run folder (`folder.py`) says where a session begins: from its newest snapshot (never
+`-snapshot` with `-weights`, which Caffe refuses), else from the weights `transplant` wrote
+(transfers and random-frozen nets; made on the spot when missing, and made again when they were
+made for another version of the folder, with a note saying so), else from the filler init.
+Snapshots of another version are refused. The trainer holds the folder's lock and hands it to
+Caffe, which runs in the run folder in a process group of its own, its log appended to
+`train.log` line by line, with a progress bar of iteration, loss, latest val accuracy and time
+left. SIGINT, SIGTERM or SIGHUP to the trainer (or to its process group, which Caffe is not in)
+becomes Caffe's own SIGINT, on which it snapshots and stops; a SIGKILL of the trainer takes Caffe
+with it, and the next start resumes from the last snapshot.
 """
 
 from __future__ import annotations
 
 import ctypes
-import datetime as dt
 import os
 import signal
 import socket
@@ -30,10 +31,13 @@ from caffe_transfer.common.caffe_env import cuda_build, tool
 from caffe_transfer.common.errors import CaffeTransferError
 from caffe_transfer.model.treatments import Kind
 from caffe_transfer.runs import logs
-from caffe_transfer.runs.folder import Run
+from caffe_transfer.runs.folder import INIT, SESSION, Run, State
+from caffe_transfer.runs.lock import Lock
 
-HEADER = "==> caffe-transfer train"  # starts the line written before each session in train.log
+BY = "caffe-transfer train"
+HEADER = SESSION + BY  # starts the line written before each session in train.log
 STOPPED_EARLY = "Optimization stopped early."  # Caffe, after a SIGINT and its snapshot
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # each makes Caffe snapshot and stop
 _PR_SET_PDEATHSIG = 1
 
 
@@ -44,30 +48,42 @@ class Start:
     args: list[str]   # arguments after `caffe train -solver solver.prototxt`
     iteration: int
     what: str         # for the log and the user
+    note: str = ""    # what the user should know before it starts (an init made again, and why)
 
 
 @dataclass
 class TrainResult:
     run: Run
-    status: str       # finished, already finished, or stopped (by a signal, with a snapshot)
+    state: State      # DONE, or STOPPED (by a signal, with a snapshot)
     start: int
-    iteration: int
+    iteration: int    # where it ended: max_iter, or the iteration of the snapshot it stopped with
     seconds: float
+
+    @property
+    def already_done(self) -> bool:
+        return self.state is State.DONE and self.start == self.iteration
 
 
 def start(run: Run) -> Start:
-    """Where the next session of `run` begins; makes the transplant a transfer needs first."""
+    """Where the next session of `run` begins; makes the transplant a transfer needs first.
+    The caller holds the run folder."""
     resume = run.resume_state()
+    stale = run.stale(resume)
+    if stale:
+        raise CaffeTransferError(stale)
     if resume:
-        iteration, state = resume
-        return Start(["-snapshot", str(state.relative_to(run.dir))], iteration,
-                     f"resuming from {state.name}")
+        return Start(["-snapshot", str(resume.state.relative_to(run.dir))], resume.iteration,
+                     f"resuming from {resume.state.name}")
     if run.treatment.kind in (Kind.TRANSFER, Kind.RANDOM):
-        if not run.init_weights.is_file():
-            from caffe_transfer.runs.transplant import transplant
+        problem = run.init_problem()
+        note = ""
+        if problem:
+            from caffe_transfer.runs.transplant import make_init
 
-            transplant(run.dir)
-        return Start(["-weights", run.init_weights.name], 0, f"starting from {run.init_weights.name}")
+            make_init(run, None, run.init_weights, None)
+            if problem != f"no {INIT}":
+                note = f"{run.name}: {problem}: transplanted again"
+        return Start(["-weights", run.init_weights.name], 0, f"starting from {run.init_weights.name}", note)
     return Start([], 0, "starting from the filler init")
 
 
@@ -90,46 +106,50 @@ def _die_with_parent() -> None:
 def train(run_dir: str | Path, gpu: int | None = None, progress: bool = True, threads: int | None = None,
           on_iteration: Callable[[int], object] | None = None,
           on_start: Callable[[subprocess.Popen], None] | None = None,
-          on_end: Callable[[subprocess.Popen], None] | None = None) -> TrainResult:
+          on_end: Callable[[subprocess.Popen], None] | None = None,
+          on_note: Callable[[str], object] | None = None) -> TrainResult:
     """Train (or resume) the run in `run_dir` to its max_iter with the real `caffe train`.
 
     `threads` sets OPENBLAS_NUM_THREADS for Caffe; `on_iteration` receives the iterations done
     (first those done before this session); `on_start`/`on_end` see the Caffe process (a scheduler
-    uses them to stop many runs at once)."""
+    uses them to stop many runs at once); `on_note` gets what the user should know before it starts."""
     run = Run.load(run_dir)
     count = on_iteration or (lambda delta: None)
-    if run.finished:
-        count(run.max_iter)
-        return TrainResult(run, "already finished", run.max_iter, run.max_iter, 0.0)
-    begin = start(run)
-    cmd = command(run, begin, gpu)
-    env = {**os.environ, "GLOG_logtostderr": "1", "GLOG_minloglevel": "0"}
-    if threads:
-        env["OPENBLAS_NUM_THREADS"] = str(threads)
-    count(begin.iteration)
-    run.write_status("running", pid=os.getpid(), host=socket.gethostname(), iteration=begin.iteration)
-    try:
-        result = _session(run, begin, cmd, env, progress, count, on_start, on_end)
-    except CaffeTransferError as e:
-        run.write_status("failed", error=str(e))
-        raise
-    except BaseException:
-        run.write_status("stopped", error="the trainer was interrupted")
-        raise
-    run.write_status(result.status, iteration=result.iteration)
-    return result
+    with run.lock(BY) as lock:
+        if run.finished:
+            count(run.max_iter)
+            return TrainResult(run, State.DONE, run.max_iter, run.max_iter, 0.0)
+        begin = start(run)
+        if begin.note and on_note:
+            on_note(begin.note)
+        cmd = command(run, begin, gpu)
+        env = {**os.environ, "GLOG_logtostderr": "1", "GLOG_minloglevel": "0"}
+        if threads:
+            env["OPENBLAS_NUM_THREADS"] = str(threads)
+        count(begin.iteration)
+        run.write_status(State.RUNNING, pid=os.getpid(), host=socket.gethostname(), iteration=begin.iteration)
+        try:
+            result = _session(run, begin, cmd, env, lock, progress, count, on_start, on_end)
+        except CaffeTransferError as e:
+            run.write_status(State.FAILED, error=str(e))
+            raise
+        except BaseException:
+            run.write_status(State.STOPPED, error="the trainer was interrupted")
+            raise
+        run.write_status(result.state, iteration=result.iteration)
+        return result
 
 
-def _session(run: Run, begin: Start, cmd: list[str], env: dict, progress: bool, count, on_start,
+def _session(run: Run, begin: Start, cmd: list[str], env: dict, lock: Lock, progress: bool, count, on_start,
              on_end) -> TrainResult:
-    """One `caffe train` process, from start to exit."""
+    """One `caffe train` process, from start to exit; it inherits the folder's lock."""
     started = time.monotonic()
     with open(run.log, "ab") as log:
-        stamp = dt.datetime.now().isoformat(timespec="seconds")
-        log.write(f"{HEADER} {run.name}: {begin.what} at {stamp}: {' '.join(cmd)}\n".encode())
+        what = f"{begin.what}{' (' + begin.note + ')' if begin.note else ''}"
+        log.write(f"{run.session_line(BY, what, ' '.join(cmd))}\n".encode())
         log.flush()
-        proc = subprocess.Popen(cmd, cwd=run.dir, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        proc = subprocess.Popen(cmd, cwd=run.dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True, pass_fds=(lock.fileno(),), preexec_fn=_die_with_parent)
         forwarder = _forward_signals(proc)
         if on_start:
             on_start(proc)
@@ -141,27 +161,30 @@ def _session(run: Run, begin: Start, cmd: list[str], env: dict, progress: bool, 
             if on_end:
                 on_end(proc)
     seconds = time.monotonic() - started
-    if proc.returncode != 0:
+    killed = proc.returncode < 0 and not session.fatal
+    if proc.returncode != 0 and not killed:
         raise CaffeTransferError(
             f"caffe train of {run.name} failed (exit {proc.returncode}): {session.last}; full log: {run.log}")
-    if session.stopped_early:
-        return TrainResult(run, "stopped", begin.iteration, session.iteration, seconds)
+    if session.stopped_early or killed:
+        snap = run.resume_state()  # the snapshot Caffe wrote on the signal (its name, not the log, says where)
+        return TrainResult(run, State.STOPPED, begin.iteration, snap.iteration if snap else 0, seconds)
     if not run.finished:
         raise CaffeTransferError(f"caffe train of {run.name} ended without {run.final_model}: see {run.log}")
-    return TrainResult(run, "finished", begin.iteration, run.max_iter, seconds)
+    return TrainResult(run, State.DONE, begin.iteration, run.max_iter, seconds)
 
 
 @dataclass
 class _Session:
     iteration: int
     last: str = "(no output)"    # the line that best explains a failure
+    fatal: str = ""              # Caffe's first fatal line (a failed check), if any
     stopped_early: bool = False  # Caffe stopped on a signal, after its snapshot
 
 
 def _follow(run: Run, proc: subprocess.Popen, log, iteration: int, progress: bool,
             count: Callable[[int], object]) -> _Session:
     """Copy Caffe's output to the log and drive the progress bar and `count`."""
-    session, fatal = _Session(iteration), None
+    session = _Session(iteration)
     bar = tqdm(total=run.max_iter, initial=iteration, desc=run.name, unit="it", disable=not progress,
                dynamic_ncols=True, smoothing=0.05)
     postfix: dict[str, str] = {}
@@ -172,7 +195,7 @@ def _follow(run: Run, proc: subprocess.Popen, log, iteration: int, progress: boo
         if text:
             session.last = text
             if text.startswith("F") or "Check failed" in text:
-                fatal = fatal or text
+                session.fatal = session.fatal or text
             session.stopped_early |= text.endswith(STOPPED_EARLY)
         at, loss, output, value = logs.read_line(line)
         if at is not None and at > session.iteration:
@@ -186,12 +209,12 @@ def _follow(run: Run, proc: subprocess.Popen, log, iteration: int, progress: boo
         if loss is not None or output == logs.ACCURACY:
             bar.set_postfix(postfix, refresh=False)
     bar.close()
-    session.last = fatal or session.last
+    session.last = session.fatal or session.last
     return session
 
 
 class _Forwarder:
-    """SIGINT and SIGTERM handlers that pass SIGINT on to Caffe, so that it snapshots and stops."""
+    """Handlers of SIGNALS that pass SIGINT on to Caffe, so that it snapshots and stops."""
 
     def __init__(self, proc: subprocess.Popen):
         self.proc, self.saved = proc, {}
@@ -208,6 +231,6 @@ class _Forwarder:
 def _forward_signals(proc: subprocess.Popen) -> _Forwarder:
     forwarder = _Forwarder(proc)
     if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in SIGNALS:
             forwarder.saved[signum] = signal.signal(signum, forwarder)
     return forwarder

@@ -24,9 +24,8 @@ from caffe_transfer.common.atomic import write_atomic
 from caffe_transfer.common.caffe_env import caffe_pb2, pycaffe
 from caffe_transfer.common.errors import CaffeTransferError
 from caffe_transfer.model.treatments import Kind
-from caffe_transfer.runs.folder import Run
+from caffe_transfer.runs.folder import RECORD, Run
 
-RECORD = "transplant.json"
 DEPLOY = "deploy.prototxt"
 
 
@@ -96,8 +95,24 @@ def transplant(run_dir: str | Path, base: str | Path | None = None, out: str | P
     """Write the initial weights of a transfer (or random-frozen) run and its `transplant.json`.
 
     `base` defaults to the base run's final snapshot. Nothing is written unless every copied layer
-    is found in the base with the right shape and survives the save bit for bit."""
+    is found in the base with the right shape and survives the save bit for bit. The run's own
+    init is written under the folder's lock, and never once the run has trained from it; weights
+    written elsewhere (`out`) get their record beside them (`<out>.json`)."""
     run = Run.load(run_dir)
+    out = Path(out).resolve() if out else run.init_weights
+    if out != run.init_weights:
+        return make_init(run, base, out, seed)
+    with run.lock("caffe-transfer transplant"):
+        trained = run.resume_state()
+        if trained:
+            raise CaffeTransferError(
+                f"{run.dir} has trained from its {run.init_weights.name} already ({trained.state.name}): a new "
+                f"init would not be what its snapshots started from; move snapshots/ and train.log aside first")
+        return make_init(run, base, out, seed)
+
+
+def make_init(run: Run, base: str | Path | None, out: Path, seed: int | None) -> Transplant:
+    """`transplant` on a run whose folder the caller holds (or weights outside the folder)."""
     t = run.treatment
     if t.kind not in (Kind.TRANSFER, Kind.RANDOM):
         raise CaffeTransferError(
@@ -107,7 +122,6 @@ def transplant(run_dir: str | Path, base: str | Path | None = None, out: str | P
     base_path = (Path(base) if base else run.base_weights()) if t.kind is Kind.TRANSFER else None
     raw = _read_weights(base_path) if base_path else b""  # read once: parsed and hashed
     base_blobs = _parse_caffemodel(raw, base_path) if base_path else {}
-    out = Path(out) if out else run.init_weights
     seed = default_seed(run) if seed is None else seed
 
     caffe = pycaffe()
@@ -122,13 +136,14 @@ def transplant(run_dir: str | Path, base: str | Path | None = None, out: str | P
 
     record = {
         "run": run.name, "treatment": t.notation, "family": t.family,
+        "fingerprint": str(run.fingerprint),  # of the folder this init was made for (run.sh greps this line)
         "init": str(out), "seed": seed, "seed_note": "caffe.set_random_seed before building the "
         "deploy net: the filler values of every layer not copied",
-        "base": str(base_path) if base_path else None,
+        "base": str(base_path) if base_path else None, "base_chosen": base is not None,
         "base_sha256": hashlib.sha256(raw).hexdigest() if base_path else None,
         "layers": layers,
     }
-    record_path = run.dir / RECORD
+    record_path = run.dir / RECORD if out == run.init_weights else out.with_name(f"{out.name}.json")
     tmp = out.with_name(f".{out.name}.tmp")
     try:
         net.save(str(tmp))
