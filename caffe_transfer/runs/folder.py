@@ -15,11 +15,8 @@ tasks and `run.sh` (rendered from what this module resolves) ask it and derive n
 from __future__ import annotations
 
 import datetime as dt
-import functools
-import hashlib
 import json
-import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
@@ -32,21 +29,15 @@ from caffe_transfer.common.errors import CaffeTransferError
 from caffe_transfer.model.architectures import architecture
 from caffe_transfer.model.treatments import Kind, LayerRole, Treatment, parse
 from caffe_transfer.runs.lock import LOCK, Lock, holder
+from caffe_transfer.runs.records import SESSION, SOLVER, STATE_WRITTEN, Fingerprint, written
 
 DESCRIPTION = "treatment.json"
-NET = "train_val.prototxt"
-SOLVER = "solver.prototxt"
 LOG = "train.log"
 STATUS = "status.json"  # how the last session ended (failed, with its error; stopped; done)
 INIT = "init.caffemodel"
 RECORD = "transplant.json"
 SNAPSHOT_DIR = "snapshots"
 STOPPED_EXIT = 130  # a trainer's exit status when its run stopped with a snapshot (as after Ctrl-C)
-SESSION = "==> "  # starts the line each session writes in train.log before Caffe's output
-STATE_WRITTEN = "Snapshotting solver state to binary proto file "  # Caffe, before it writes one
-_STATE_LINE = re.compile(rb"Snapshotting solver state to binary proto file (\S+)_iter_(\d+)\.solverstate")
-_GLOG = re.compile(rb"[IWEF](\d{4})?\d{4} ")  # a line of Caffe's: severity, [year,] month, day
-_FINGERPRINT = re.compile(rb"fingerprint (treatment=\S+ net=\S+ solver=\S+ base=\S+)")
 
 
 class State(str, Enum):
@@ -58,41 +49,6 @@ class State(str, Enum):
     STOPPED = "stopped"  # by a signal or a kill; resumes from its newest snapshot
     FAILED = "failed"
     DONE = "done"
-
-
-@dataclass(frozen=True)
-class Fingerprint:
-    """What defines a run, as gen wrote it; digests are the first 12 hex digits of a sha256."""
-
-    treatment: str
-    net: str
-    solver: str
-    base: str
-
-    @classmethod
-    def of(cls, treatment: str, net: str, solver: str, base_weights: str | Path | None) -> Fingerprint:
-        return cls(treatment, _digest(net), _digest(solver), _digest(str(base_weights)) if base_weights else "none")
-
-    @classmethod
-    def parse(cls, text: str) -> Fingerprint | None:
-        values = dict(item.partition("=")[::2] for item in text.split())
-        return cls(**values) if set(values) == {f.name for f in fields(cls)} else None
-
-    def __str__(self) -> str:
-        return " ".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self))
-
-    def changes(self, since: Fingerprint | None) -> str:
-        """What differs from `since`, in words ('no fingerprint recorded' for None)."""
-        if since is None:
-            return "no fingerprint recorded"
-        words = {"net": NET, "solver": SOLVER, "base": "base weights"}
-        return ", ".join(f"treatment {since.treatment} -> {self.treatment}" if f.name == "treatment"
-                         else f"{words[f.name]} changed" for f in fields(self)
-                         if getattr(self, f.name) != getattr(since, f.name))
-
-
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def snapshot_prefix(name: str) -> str:
@@ -110,13 +66,14 @@ def script_values(treatment: Treatment, max_iter: int, fingerprint: Fingerprint,
     A transfer's run.sh with no usable init starts from `base_weights` when they were given to gen,
     else from the final snapshot the base's own run.sh names (`base_weights` if it has none)."""
     prefix = snapshot_prefix(treatment.name)
+    base = treatment.base
     return {"name": treatment.name, "description": treatment.describe(), "fingerprint": str(fingerprint),
-            "final": snapshot_file(prefix, max_iter), "final_stem": snapshot_file(prefix, max_iter, ""), "log": LOG, "lock": LOCK,
-            "status": STATUS, "init": INIT if treatment.kind in (Kind.TRANSFER, Kind.RANDOM) else None,
-            "record": RECORD, "base": treatment.base.name if treatment.base else None,
-            "base_weights": base_weights, "session": SESSION,
-            "base_dir": Path("..") / treatment.base.name if treatment.base and not base_given else None, "state_written": STATE_WRITTEN,
-            "stopped_exit": STOPPED_EXIT}
+            "final": snapshot_file(prefix, max_iter), "final_stem": snapshot_file(prefix, max_iter, ""),
+            "log": LOG, "lock": LOCK, "status": STATUS, "record": RECORD,
+            "init": INIT if treatment.kind in (Kind.TRANSFER, Kind.RANDOM) else None,
+            "base": base.name if base else None, "base_weights": base_weights,
+            "base_dir": Path("..") / base.name if base and not base_given else None,
+            "session": SESSION, "state_written": STATE_WRITTEN, "stopped_exit": STOPPED_EXIT}
 
 
 @dataclass(frozen=True)
@@ -127,27 +84,6 @@ class Snapshot:
     state: Path
     model: Path
     fingerprint: Fingerprint | None
-
-
-@functools.lru_cache(maxsize=1024)
-def _written(log: Path, size: int, mtime_ns: int) -> dict[tuple[str, int], Fingerprint | None]:
-    """(path less `_iter_N.solverstate`, N) -> fingerprint of its session, for each .solverstate
-    that train.log shows finished (a line of Caffe's follows the one it logs before writing the
-    file), in the order they were written, last written last."""
-    written, fingerprint, pending = {}, None, None
-    with open(log, "rb") as f:
-        for line in f:
-            if line.startswith(SESSION.encode()):
-                m = _FINGERPRINT.search(line)
-                fingerprint, pending = Fingerprint.parse(m[1].decode()) if m else None, None
-                continue
-            if pending and _GLOG.match(line):
-                written.pop(pending, None)
-                written[pending] = fingerprint
-                pending = None
-            if STATE_WRITTEN.encode() in line and (m := _STATE_LINE.search(line)):
-                pending = (m[1].decode(), int(m[2]))
-    return written
 
 
 @dataclass(frozen=True)
@@ -238,7 +174,7 @@ class Run:
             return []
         stat = self.log.stat()
         found = []
-        for (prefix, iteration), fingerprint in _written(self.log, stat.st_size, stat.st_mtime_ns).items():
+        for (prefix, iteration), fingerprint in written(self.log, stat.st_size, stat.st_mtime_ns).items():
             state, model = (self.dir / snapshot_file(prefix, iteration, suffix) for suffix in (".solverstate",
                                                                                               ".caffemodel"))
             if _filled(state) and _filled(model):

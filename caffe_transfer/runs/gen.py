@@ -34,7 +34,8 @@ from caffe_transfer.model.architectures import (
 from caffe_transfer.model.solvers import solver_values
 from caffe_transfer.model.treatments import Kind, Treatment
 from caffe_transfer.runs import folder
-from caffe_transfer.runs.folder import SNAPSHOT_DIR, Fingerprint, snapshot_file, snapshot_prefix
+from caffe_transfer.runs.folder import SNAPSHOT_DIR, snapshot_file, snapshot_prefix
+from caffe_transfer.runs.records import NET, SOLVER, Fingerprint
 
 TRAINABLE = [{"lr_mult": 1, "decay_mult": 1}, {"lr_mult": 2, "decay_mult": 0}]
 FROZEN = [{"lr_mult": 0, "decay_mult": 0}, {"lr_mult": 0, "decay_mult": 0}]
@@ -203,16 +204,16 @@ def render_run(treatment: Treatment, options: GenOptions, out_dir: Path) -> dict
         base_weights = options.base_weights or out_dir.parent / base.name / final
     env = jinja_environment()
     common = {"treatment": treatment, "arch": arch, "version": __version__, "net_name": NET_NAME}
-    solver_fields = {"net": folder.NET, **solver, "snapshot_prefix": snapshot_prefix(treatment.name)}
+    solver_fields = {"net": NET, **solver, "snapshot_prefix": snapshot_prefix(treatment.name)}
     files = {
-        folder.NET: env.get_template("train_val.prototxt.j2").render(
+        NET: env.get_template("train_val.prototxt.j2").render(
             layers=train_val_layers(treatment, arch, options), **common),
         "deploy.prototxt": env.get_template("deploy.prototxt.j2").render(
             layers=deploy_layers(treatment, arch, input_channels(mean_path(options.data_root, treatment.mean_set))),
             **common),
-        folder.SOLVER: env.get_template("solver.prototxt.j2").render(solver=solver_fields, **common),
+        SOLVER: env.get_template("solver.prototxt.j2").render(solver=solver_fields, **common),
     }
-    fingerprint = Fingerprint.of(treatment.name, files[folder.NET], files[folder.SOLVER], base_weights)
+    fingerprint = Fingerprint.of(treatment.name, files[NET], files[SOLVER], base_weights)
     description = {
         "name": treatment.name,
         "notation": treatment.notation,
