@@ -13,10 +13,8 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -26,7 +24,7 @@ from caffe_transfer.runs.folder import STATE_WRITTEN, Run, State
 from caffe_transfer.runs.train import HEADER, train
 from caffe_transfer.runs.transplant import read_caffemodel
 
-from .test_transplant_train import CLASSES, data_root  # noqa: F401  (the fixture, built once here)
+from .test_transplant_train import CLASSES, _same, _wait_for, data_root  # noqa: F401  (data_root: the fixture)
 
 pytestmark = pytest.mark.slow
 CLI = str(Path(sys.executable).parent / "caffe-transfer")
@@ -55,10 +53,6 @@ def beside(base, tmp_path) -> Path:
     """A runs folder with the trained base in it, for transfers to find."""
     (tmp_path / "half0A").symlink_to(base)
     return tmp_path
-
-
-def _same(a: np.ndarray, b: np.ndarray) -> bool:
-    return a.shape == b.shape and np.array_equal(a.view(np.uint32), b.view(np.uint32))
 
 
 def _copied_from_base(run: Run, base: Path) -> None:
@@ -142,16 +136,6 @@ def test_snapshots_of_an_earlier_version_are_refused_in_one_line(beside, data_ro
 
 
 # --- one trainer per folder -------------------------------------------------------------------
-def _wait_for(log: Path, text: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if log.is_file() and text in log.read_text(errors="replace"):
-            return
-        assert proc.poll() is None, f"trainer exited early: {log.read_text()[-2000:]}"
-        time.sleep(0.1)
-    raise AssertionError(f"{text!r} not in {log} after {timeout} s")
-
-
 @pytest.mark.parametrize("first", ["train", "run.sh"])
 def test_a_second_trainer_is_refused_and_the_first_trains_one_clean_run(data_root, tmp_path, first):  # noqa: F811
     run_dir = _gen(tmp_path / "half0B", data_root, "half0B", "--solver", "max_iter=60", "--solver", "snapshot=30")
@@ -166,6 +150,9 @@ def test_a_second_trainer_is_refused_and_the_first_trains_one_clean_run(data_roo
                          "wait for it to end, or stop it", line), line
     state, detail = Run.load(run_dir).state()
     assert state is State.RUNNING and f"pid {proc.pid}" in detail
+    regen = CliRunner().invoke(cli, ["gen", "-t", "half0B", "--out", str(run_dir), "--arch", "small", "--cpu",
+                                     "--data-root", str(data_root), "--fc8-outputs", str(CLASSES)])
+    assert regen.exit_code == 1 and f"{run_dir} is in use by {holder} (pid {proc.pid}" in regen.output
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, out + err
     text = (run_dir / "train.log").read_text()

@@ -60,6 +60,12 @@ def snapshot_file(prefix: str, iteration: int, suffix: str = ".caffemodel") -> s
     return f"{prefix}_iter_{iteration}{suffix}"
 
 
+def has_snapshots(run_dir: Path) -> bool:
+    """Any snapshot file at all, whole or cut, of any version: what `gen` must not overwrite."""
+    snaps = Path(run_dir) / SNAPSHOT_DIR
+    return snaps.is_dir() and any(p.suffix in (".caffemodel", ".solverstate") for p in snaps.iterdir())
+
+
 def script_values(treatment: Treatment, max_iter: int, fingerprint: Fingerprint, base_weights: Path | None,
                   base_given: bool) -> dict:
     """What run.sh prints, resolved here so that the script holds values and no rules of its own.

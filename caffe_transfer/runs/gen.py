@@ -34,7 +34,8 @@ from caffe_transfer.model.architectures import (
 from caffe_transfer.model.solvers import solver_values
 from caffe_transfer.model.treatments import Kind, Treatment
 from caffe_transfer.runs import folder
-from caffe_transfer.runs.folder import SNAPSHOT_DIR, snapshot_file, snapshot_prefix
+from caffe_transfer.runs.folder import SNAPSHOT_DIR, has_snapshots, snapshot_file, snapshot_prefix
+from caffe_transfer.runs.lock import holder
 from caffe_transfer.runs.records import NET, SOLVER, Fingerprint
 
 TRAINABLE = [{"lr_mult": 1, "decay_mult": 1}, {"lr_mult": 2, "decay_mult": 0}]
@@ -252,17 +253,16 @@ def render_run(treatment: Treatment, options: GenOptions, out_dir: Path) -> dict
     }
 
 
-def has_snapshots(run_dir: Path) -> bool:
-    snaps = Path(run_dir) / SNAPSHOT_DIR
-    return snaps.is_dir() and any(p.suffix in (".caffemodel", ".solverstate") for p in snaps.iterdir())
-
-
 def write_runs(runs: dict[Path, Treatment], options: GenOptions, force: bool = False) -> list[Path]:
     """Write each run folder. Everything is rendered and checked (each prototxt parsed by
     Caffe's own caffe_pb2) before the first file is written, so a bad option, a broken template
-    or a protected folder leaves the disk as it was."""
+    or a protected folder leaves the disk as it was. A folder a trainer holds is never rewritten
+    under it."""
     rendered = {}
     for out_dir, treatment in runs.items():
+        held_by = holder(out_dir)
+        if held_by:
+            raise CaffeTransferError(f"{out_dir} is in use by {held_by}: stop it before writing the folder again")
         if has_snapshots(out_dir) and not force:
             raise CaffeTransferError(
                 f"{out_dir} already holds snapshots of a run: refusing to overwrite it (use --force)")
