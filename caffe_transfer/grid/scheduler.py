@@ -22,8 +22,8 @@ from tqdm import tqdm
 
 from caffe_transfer.common.errors import CaffeTransferError
 from caffe_transfer.grid.plan import plan_runs, priority_order
-from caffe_transfer.runs.folder import Run, State
-from caffe_transfer.runs.train import SIGNALS, train
+from caffe_transfer.runs.folder import SIGNALS, Run, State
+from caffe_transfer.runs.train import train
 
 
 @dataclass
@@ -160,4 +160,4 @@ def _outcome(run: Run, future: Future) -> Outcome:
         r = future.result()
     except CaffeTransferError as e:
         return Outcome(run.name, State.FAILED, detail=str(e))
-    return Outcome(run.name, r.state, r.seconds)
+    return Outcome(run.name, r.state, r.seconds, f"at iteration {r.iteration}" if r.state is State.STOPPED else "")

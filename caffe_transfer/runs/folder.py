@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import signal
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -38,10 +39,13 @@ INIT = "init.caffemodel"
 RECORD = "transplant.json"
 SNAPSHOT_DIR = "snapshots"
 STOPPED_EXIT = 130  # a trainer's exit status when its run stopped with a snapshot (as after Ctrl-C)
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # each makes Caffe snapshot and stop
+KILLED_BY = (*SIGNALS, signal.SIGKILL)  # what ends Caffe as a stop (it resumes), not a failure
 
 
 class State(str, Enum):
-    """Where a run stands; the one list status, run-all, the report and SLURM tasks use."""
+    """Where a run stands: the one list `status`, `run-all` and `train` report (and SLURM tasks
+    through STOPPED_EXIT)."""
 
     WAITING = "waiting"  # for its base's final snapshot
     READY = "ready"
@@ -79,7 +83,8 @@ def script_values(treatment: Treatment, max_iter: int, fingerprint: Fingerprint,
             "init": INIT if treatment.kind in (Kind.TRANSFER, Kind.RANDOM) else None,
             "base": base.name if base else None, "base_weights": base_weights,
             "base_dir": Path("..") / base.name if base and not base_given else None,
-            "session": SESSION, "state_written": STATE_WRITTEN, "stopped_exit": STOPPED_EXIT}
+            "session": SESSION, "state_written": STATE_WRITTEN, "stopped_exit": STOPPED_EXIT,
+            "killed_by": " ".join(str(128 + s) for s in KILLED_BY)}  # bash's $? for each
 
 
 @dataclass(frozen=True)

@@ -31,13 +31,12 @@ from caffe_transfer.common.caffe_env import cuda_build, tool
 from caffe_transfer.common.errors import CaffeTransferError
 from caffe_transfer.model.treatments import Kind
 from caffe_transfer.runs import logs
-from caffe_transfer.runs.folder import INIT, SESSION, Run, State
+from caffe_transfer.runs.folder import INIT, KILLED_BY, SESSION, SIGNALS, Run, State
 from caffe_transfer.runs.lock import Lock
 
 BY = "caffe-transfer train"
 HEADER = SESSION + BY  # starts the line written before each session in train.log
 STOPPED_EARLY = "Optimization stopped early."  # Caffe, after a SIGINT and its snapshot
-SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # each makes Caffe snapshot and stop
 _PR_SET_PDEATHSIG = 1
 
 
@@ -161,7 +160,7 @@ def _session(run: Run, begin: Start, cmd: list[str], env: dict, lock: Lock, prog
             if on_end:
                 on_end(proc)
     seconds = time.monotonic() - started
-    killed = proc.returncode < 0 and not session.fatal
+    killed = -proc.returncode in KILLED_BY  # not a crash: stopped, it resumes from its last snapshot
     if proc.returncode != 0 and not killed:
         raise CaffeTransferError(
             f"caffe train of {run.name} failed (exit {proc.returncode}): {session.last}; full log: {run.log}")
