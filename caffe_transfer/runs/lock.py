@@ -56,7 +56,7 @@ def holder(run_dir: Path) -> str | None:
     """Who holds the run folder's lock now (the line they wrote), or None when nobody does."""
     try:
         fd = os.open(Path(run_dir) / LOCK, os.O_RDONLY)
-    except FileNotFoundError:
+    except OSError:  # no lock file (nobody ever held it), or no folder at all
         return None
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
