@@ -72,6 +72,7 @@ def _finals(out: Path) -> dict[str, int]:
     return {p.parent.parent.name: p.stat().st_mtime_ns for p in out.glob("*/snapshots/*_iter_30.caffemodel")}
 
 
+@pytest.mark.slow  # trains a plan with real Caffe
 def test_run_all_runs_bases_first_and_resumes_after_a_kill(small_plan):
     out = small_plan
     proc = subprocess.Popen([CLI, "run-all", str(out), "--cpu-workers", "2", "--quiet"],

@@ -99,6 +99,7 @@ def _same(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 # --- transplant ------------------------------------------------------------------------------
+@pytest.mark.slow  # trains with real Caffe
 @pytest.mark.parametrize("name,frozen", [("transfer0A0B_1_3", True), ("transfer-ft0A0B_1_3", False)])
 def test_transplant_json_lists_copied_and_filler_layers(runs, data_root, name, frozen):
     run_dir = _gen(runs, name, data_root)
@@ -123,6 +124,7 @@ def test_transplant_json_lists_copied_and_filler_layers(runs, data_root, name, f
             assert all(_same(a, b) for a, b in zip(blobs, source[entry["layer"]]))
 
 
+@pytest.mark.slow  # trains with real Caffe
 def test_transplant_is_repeatable_by_its_seed(runs, data_root, tmp_path):
     run_dir = _gen(runs, "transfer1A1B_1_2", data_root)
     first = transplant(run_dir, base=runs / "half0A" / "snapshots" / "half0A_iter_80.caffemodel",
@@ -136,6 +138,7 @@ def test_transplant_is_repeatable_by_its_seed(runs, data_root, tmp_path):
     assert all(o["blobs"] != f["blobs"] for o, f in zip(other.layers[2:], first.layers[2:]))
 
 
+@pytest.mark.slow  # trains with real Caffe
 def test_random_frozen_needs_no_base_and_records_its_seed(runs, data_root):
     run_dir = _gen(runs, "nolearn_1_4", data_root)
     result = transplant(run_dir, seed=7)
@@ -175,6 +178,7 @@ def _reshape_conv3(net) -> None:
     (_drop_conv2, r"has no layer 'conv2'"),
     (_reshape_conv3, r"layer 'conv3' blob 0: base .* has shape \[48, 64, 3, 3\], the net needs \[96, 64, 3, 3\]"),
 ])
+@pytest.mark.slow  # trains with real Caffe
 def test_a_base_that_does_not_fit_is_refused_before_anything_is_written(runs, data_root, tmp_path, edit, message):
     run_dir = _gen(tmp_path / "r", "transfer0B0A_1_3", data_root)
     base = _edited_base(runs, tmp_path, edit)
@@ -235,6 +239,7 @@ def test_a_failing_caffe_is_reported_with_its_fatal_line(tmp_path):
 
 
 # --- both routes -----------------------------------------------------------------------------
+@pytest.mark.slow  # trains with real Caffe
 def test_transplant_and_caffes_own_route_start_from_the_sameread_caffemodel(runs, data_root, tmp_path):
     """`caffe train -weights init.caffemodel` (ours) and `caffe train -weights BASE` (Caffe's
     name matching, via run.sh) snapshot at iteration 0: the first n layers are the base's in both."""
@@ -255,6 +260,7 @@ def test_transplant_and_caffes_own_route_start_from_the_sameread_caffemodel(runs
 
 
 # --- training --------------------------------------------------------------------------------
+@pytest.mark.slow  # trains with real Caffe
 @pytest.mark.parametrize("name", ["transfer0A0B_1_3", "transfer-ft0A0B_1_3", "transfer0B0B_1_3"])
 def test_trained_transfers_keep_frozen_blobs_and_move_the_rest(runs, data_root, name):
     run_dir = runs / name
@@ -286,6 +292,7 @@ def _wait_for(log: Path, text: str, proc: subprocess.Popen, timeout: float = 120
     raise AssertionError(f"{text!r} not in {log} after {timeout} s")
 
 
+@pytest.mark.slow  # trains with real Caffe
 def test_stopped_and_killed_runs_resume_to_one_continuous_log(data_root, tmp_path):
     run_dir = _gen(tmp_path, "half0A", data_root, max_iter=120, snapshot=40, test_interval=20)
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
@@ -323,6 +330,7 @@ def test_stopped_and_killed_runs_resume_to_one_continuous_log(data_root, tmp_pat
     assert Run.load(run_dir).finished and train(run_dir, progress=False).already_done
 
 
+@pytest.mark.slow  # trains with real Caffe
 def test_resume_skips_a_cut_snapshot_and_repoints_a_moved_one(runs, tmp_path):
     moved = tmp_path / "elsewhere" / "half0B"
     shutil.copytree(runs / "half0B", moved)
