@@ -223,14 +223,41 @@ def test_doctor_finds_real_caffe():
     assert "caffe version 1.0.0" in result.output and "pycaffe" in result.output
 
 
-def test_doctor_passes_a_cuda_build_on_a_machine_without_gpus(tmp_path, monkeypatch):
-    """As in a docker build of the CUDA image: the install is whole, the GPU is the machine's."""
+@pytest.mark.parametrize("mode, cudnn", [("cuda:90", "not built in: Caffe's own GPU code"),
+                                         ("cuda:80,90+cudnn9.13.0", "cuDNN 9.13.0 (layers run it")])
+def test_doctor_passes_a_cuda_build_on_a_machine_without_gpus(mode, cudnn, tmp_path, monkeypatch):
+    """As in a docker build of the CUDA image: the install is whole, the GPU is the machine's;
+    the cuDNN the install script built with is named."""
     real = caffe_env.caffe_root()
     for name in ("bin", "lib", "python"):
         (tmp_path / name).symlink_to(real / name)
-    (tmp_path / ".caffe-transfer-build").write_text(caffe_env.build_stamp().replace("mode=cpu", "mode=cuda:90"))
+    (tmp_path / ".caffe-transfer-build").write_text(caffe_env.build_stamp().replace("mode=cpu", f"mode={mode}"))
     monkeypatch.setenv("CAFFE_ROOT", str(tmp_path))
     monkeypatch.setattr(caffe_env, "gpu_count", lambda: 0)
     result = CliRunner().invoke(cli, ["doctor"])
     assert result.exit_code == 0, result.output
     assert "CUDA build, 0 GPU(s) visible" in result.output and "-> no GPU visible: check the driver" in result.output
+    assert cudnn in result.output
+
+
+def test_engine_caffe_gives_every_layer_caffes_own_code(tmp_path):
+    """--engine caffe keeps a cuDNN build on the 2014 numerics: every convolution, pooling, ReLU,
+    LRN and softmax of both nets names engine CAFFE; without it no layer names an engine."""
+    pb2 = caffe_env.caffe_pb2()
+    for engine, expected in (("caffe", {pb2.ConvolutionParameter.CAFFE}), (None, set())):
+        run = tmp_path / str(engine)
+        args = ["gen", "-t", "AnB", "--n", "3", "--split", "0", "--out", str(run)]
+        result = CliRunner().invoke(cli, args + (["--engine", engine] if engine else []))
+        assert result.exit_code == 0, result.output
+        for file in ("train_val.prototxt", "deploy.prototxt"):
+            net = protos.read_net(run / file)
+            engines = {}
+            for layer in net.layer:
+                message = {"Convolution": "convolution_param", "Pooling": "pooling_param", "ReLU": "relu_param",
+                           "LRN": "lrn_param"}.get(layer.type) or ("softmax_param" if "Softmax" in layer.type else None)
+                if message:
+                    param = getattr(layer, message)
+                    engines[layer.name] = param.engine if param.HasField("engine") else None
+            assert len(engines) >= 14, engines  # 5 conv, 3 pool, 7 ReLU, 2 LRN, softmax
+            assert set(engines.values()) == (expected or {None}), (file, engines)
+        assert json.loads((run / "treatment.json").read_text())["engine"] == engine

@@ -13,13 +13,20 @@
 #   PYTHON       interpreter pycaffe is built for (default python3); it needs numpy installed
 #   CAFFE_CUDA   auto (default): CUDA when nvcc exists and nvidia-smi sees a GPU; 1: force CUDA
 #                (e.g. in a Docker build, where no GPU is visible); 0: CPU only
+#   CAFFE_CUDNN  for a CUDA build: auto (default): cuDNN when its headers and library are found;
+#                1: require it; 0: Caffe's own GPU code only. Found through CUDNN_ROOT (include/,
+#                lib/), the CUDA toolkit, the system, or NVIDIA's nvidia-cudnn-cu* wheel in PYTHON's
+#                environment (cuBLAS and cuRAND likewise from nvidia-cublas/-curand wheels when
+#                the toolkit has none)
 #   CUDA_ARCH_BIN  CUDA architectures for a CUDA build (default "60 70 75 80 86 89 90")
 #   JOBS         parallel build jobs (default: number of cores)
 set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 CAFFE_ROOT=${CAFFE_ROOT:-/opt/caffe}
 PYTHON=${PYTHON:-python3}
 CAFFE_CUDA=${CAFFE_CUDA:-auto}
+CAFFE_CUDNN=${CAFFE_CUDNN:-auto}
 CUDA_ARCH_BIN=${CUDA_ARCH_BIN:-60 70 75 80 86 89 90}
 JOBS=${JOBS:-$(nproc)}
 
@@ -50,6 +57,7 @@ case "$CAFFE_CUDA" in
   0|1) CUDA=$CAFFE_CUDA ;;
   *) die "CAFFE_CUDA=$CAFFE_CUDA: expected auto, 0 or 1" ;;
 esac
+case "$CAFFE_CUDNN" in auto|0|1) ;; *) die "CAFFE_CUDNN=$CAFFE_CUDNN: expected auto, 0 or 1" ;; esac
 [ "$CUDA" = 0 ] || command -v nvcc >/dev/null || die "CAFFE_CUDA=1 but nvcc is not on PATH"
 if [ "$CUDA" = 1 ]; then
   # Each CUDA drops old GPUs (13.0 builds nothing below sm_75): keep the architectures this nvcc
@@ -81,8 +89,68 @@ print(os.path.abspath(sys.executable), "%d.%d" % sys.version_info[:2],
 PY
 )
 
-MODE=$([ "$CUDA" = 1 ] && echo "cuda:${CUDA_ARCH_BIN// /,}" || echo cpu)
-SCRIPT_SHA=$(sha256sum "${BASH_SOURCE[0]}" | cut -c1-16)
+# --- CUDA libraries: the toolkit's, else NVIDIA's wheels in PYTHON's environment -----------
+# The folder of the wheel package nvidia.NAME (cu13, cudnn, ...), if PYTHON has it.
+wheel_dir() {
+  "$PYTHON" -c 'import importlib.util as u, sys
+try: s = u.find_spec("nvidia." + sys.argv[1])
+except ImportError: s = None
+print(next(iter(s.submodule_search_locations)) if s else "")' "$1" 2>/dev/null || true
+}
+# The first file matching a glob in the given folders.
+first() { local pattern=$1 d f; shift; for d in "$@"; do for f in "$d"/$pattern; do [ -e "$f" ] && { echo "$f"; return; }; done; done; return 0; }
+
+cuda_args=() CUDNN_VERSION="" CUDNN_INC=""
+if [ "$CUDA" = 1 ]; then
+  CUDA_HOME=$(dirname "$(dirname "$(command -v nvcc)")")
+  extra_inc=()
+  for lib in cublas curand; do
+    [ -n "$(first "lib$lib.so*" "$CUDA_HOME/lib64" "$CUDA_HOME/targets/x86_64-linux/lib" /usr/lib/x86_64-linux-gnu)" ] && continue
+    found=""
+    for w in cu13 cu12 "$lib"; do
+      d=$(wheel_dir "$w"); [ -n "$d" ] || continue
+      found=$(first "lib$lib.so.[0-9]*" "$d/lib"); [ -n "$found" ] && break
+    done
+    [ -n "$found" ] || die "CUDA at $CUDA_HOME has no lib$lib: install NVIDIA's wheel for it into $PY_EXE's environment (nvidia-$lib)"
+    log "lib$lib from NVIDIA's wheel: $found"
+    cuda_args+=(-DCUDA_${lib}_LIBRARY="$found")
+    extra_inc+=("$(dirname "$(dirname "$found")")/include")
+  done
+  # Caffe includes cublas_v2.h and curand.h without a CMake include path for them: gcc and nvcc's
+  # preprocessing both read CPATH.
+  [ ${#extra_inc[@]} = 0 ] || export CPATH="$(IFS=:; echo "${extra_inc[*]}")${CPATH:+:$CPATH}"
+
+  if [ "$CAFFE_CUDNN" != 0 ]; then
+    cudnn_wheel=$(wheel_dir cudnn)
+    for inc in ${CUDNN_ROOT:+"$CUDNN_ROOT/include"} "$CUDA_HOME/include" /usr/include/x86_64-linux-gnu /usr/include \
+               ${cudnn_wheel:+"$cudnn_wheel/include"}; do
+      # cuDNN >= 8 keeps its version in cudnn_version.h (Debian's packages suffix it: _v9).
+      header=$(first "cudnn_version.h" "$inc"); header=${header:-$(first "cudnn_version_v[0-9]*.h" "$inc")}
+      [ -n "$header" ] || { [ -f "$inc/cudnn.h" ] && header=$inc/cudnn.h; } || continue
+      [ -f "$inc/cudnn.h" ] || continue
+      libdir=$(dirname "$inc")/lib
+      library=$(first "libcudnn.so" ${CUDNN_ROOT:+"$CUDNN_ROOT/lib" "$CUDNN_ROOT/lib64"} "$libdir" "$libdir"64 \
+        "$CUDA_HOME/lib64" /usr/lib/x86_64-linux-gnu)
+      library=${library:-$(first "libcudnn.so.[0-9]*" ${CUDNN_ROOT:+"$CUDNN_ROOT/lib" "$CUDNN_ROOT/lib64"} \
+        "$libdir" "$libdir"64 "$CUDA_HOME/lib64" /usr/lib/x86_64-linux-gnu)}
+      [ -n "$library" ] || continue
+      CUDNN_VERSION=$(awk '$1 == "#define" && $2 ~ /^CUDNN_(MAJOR|MINOR|PATCHLEVEL)$/ {v[$2] = $3}
+        END {if (v["CUDNN_MAJOR"] != "") print v["CUDNN_MAJOR"] "." v["CUDNN_MINOR"] "." v["CUDNN_PATCHLEVEL"]}' "$header")
+      [ -n "$CUDNN_VERSION" ] || die "no CUDNN_MAJOR in $header"
+      CUDNN_INC=$inc CUDNN_HEADER=$header
+      cuda_args+=(-DUSE_CUDNN=ON -DCUDNN_INCLUDE="$inc" -DCUDNN_LIBRARY="$library")
+      log "cuDNN $CUDNN_VERSION: $header, $library"
+      break
+    done
+    [ -n "$CUDNN_VERSION" ] || [ "$CAFFE_CUDNN" = auto ] \
+      || die "CAFFE_CUDNN=1 but no cuDNN found (CUDNN_ROOT, $CUDA_HOME, /usr/include, or pip install nvidia-cudnn-cu13 into $PY_EXE's environment)"
+    [ -z "$CUDNN_VERSION" ] || [ "${CUDNN_VERSION%%.*}" -ge 5 ] || die "cuDNN $CUDNN_VERSION: Caffe needs cuDNN 5 or newer"
+  fi
+  [ -n "$CUDNN_VERSION" ] || cuda_args+=(-DUSE_CUDNN=OFF)
+fi
+
+MODE=$([ "$CUDA" = 1 ] && echo "cuda:${CUDA_ARCH_BIN// /,}${CUDNN_VERSION:++cudnn$CUDNN_VERSION}" || echo cpu)
+SCRIPT_SHA=$(cat "${BASH_SOURCE[0]}" "$HERE"/caffe_fixes/* | sha256sum | cut -c1-16)
 STAMP_TEXT="source=$SRC_VERSION mode=$MODE python=$PY_EXE/$PY_VER numpy=${NUMPY_VER%%.*} script=$SCRIPT_SHA"
 STAMP=$CAFFE_ROOT/.caffe-transfer-build
 
@@ -148,18 +216,29 @@ if [ "$CUDA" = 1 ]; then
   sed -i -e '/prop\.clockRate/d' -e '/prop\.kernelExecTimeoutEnabled/d' -e '/prop\.deviceOverlap/d' \
     -e '/Concurrent copy and execution/d' -e '/Kernel execution timeout/d' "$SRC/src/caffe/common.cpp"
 fi
+if [ -n "$CUDNN_VERSION" ] && [ "${CUDNN_VERSION%%.*}" -ge 8 ]; then
+  # cuDNN 8 moved the version to cudnn_version.h and removed the algorithm choosers Caffe calls.
+  sed -i "s|file(READ \${CUDNN_INCLUDE}/cudnn.h CUDNN_VERSION_FILE_CONTENTS)|file(READ $CUDNN_HEADER CUDNN_VERSION_FILE_CONTENTS)|" \
+    "$SRC/cmake/Cuda.cmake"
+  grep -qF "file(READ $CUDNN_HEADER " "$SRC/cmake/Cuda.cmake" || die "cuDNN version fix did not apply to cmake/Cuda.cmake"
+  cp "$HERE/caffe_fixes/cudnn8_algo.hpp" "$SRC/include/caffe/util/"
+  sed -i 's|^#include <cudnn.h>$|&\n#include "caffe/util/cudnn8_algo.hpp"|' "$SRC/include/caffe/util/cudnn.hpp"
+  grep -q '^#include "caffe/util/cudnn8_algo.hpp"' "$SRC/include/caffe/util/cudnn.hpp" \
+    || die "cuDNN 8 algorithm fix did not apply to include/caffe/util/cudnn.hpp"
+fi
 
 # --- build ----------------------------------------------------------------------------------
 cmake_args=(-DCMAKE_BUILD_TYPE=Release -DCMAKE_INSTALL_PREFIX="$CAFFE_ROOT"
-  -DBLAS=Open -DUSE_OPENCV=ON -DUSE_LMDB=ON -DUSE_LEVELDB=OFF -DUSE_CUDNN=OFF
+  -DBLAS=Open -DUSE_OPENCV=ON -DUSE_LMDB=ON -DUSE_LEVELDB=OFF
   -DBUILD_python=ON -DBUILD_python_layer=ON -DBUILD_docs=OFF -DBUILD_matlab=OFF
   -Dpython_version="$PY_VER" -DPYTHON_EXECUTABLE="$PY_EXE"
   -DPYTHON_INCLUDE_DIR="$PY_INC" -DPYTHON_LIBRARY="$PY_LIB"
   -DCMAKE_POLICY_VERSION_MINIMUM=3.5)
 if [ "$CUDA" = 1 ]; then
-  cmake_args+=(-DCPU_ONLY=OFF -DCUDA_ARCH_NAME=Manual -DCUDA_ARCH_BIN="$CUDA_ARCH_BIN" -DCUDA_ARCH_PTX="")
+  cmake_args+=(-DCPU_ONLY=OFF -DCUDA_ARCH_NAME=Manual -DCUDA_ARCH_BIN="$CUDA_ARCH_BIN" -DCUDA_ARCH_PTX=""
+    "${cuda_args[@]}")
 else
-  cmake_args+=(-DCPU_ONLY=ON)
+  cmake_args+=(-DCPU_ONLY=ON -DUSE_CUDNN=OFF)
 fi
 log "building ($MODE, python $PY_VER, $JOBS jobs); this takes a few minutes"
 mkdir -p "$CAFFE_ROOT/build"
@@ -173,6 +252,8 @@ if grep -q "Python interface is disabled" "$CAFFE_ROOT/build/cmake.log"; then
 fi
 [ "$cmake_rc" = 0 ] \
   || { tail -n 30 "$CAFFE_ROOT/build/cmake.log" >&2; die "cmake failed (log: $CAFFE_ROOT/build/cmake.log)"; }
+[ -z "$CUDNN_VERSION" ] || grep -q "Found cuDNN: ver. $CUDNN_VERSION " "$CAFFE_ROOT/build/cmake.log" \
+  || die "cmake did not take cuDNN $CUDNN_VERSION (log: $CAFFE_ROOT/build/cmake.log)"
 (cd "$CAFFE_ROOT/build" && make -j"$JOBS" install > make.log 2>&1) \
   || { tail -n 30 "$CAFFE_ROOT/build/make.log" >&2; die "build failed (log: $CAFFE_ROOT/build/make.log)"; }
 

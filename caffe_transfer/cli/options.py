@@ -67,11 +67,11 @@ def treatment_options(f):
     return f
 
 
-def _gen_options(arch, data_root, backend, fc8_outputs, cpu, solver):
+def _gen_options(arch, data_root, backend, fc8_outputs, cpu, engine, solver):
     from caffe_transfer.runs.gen import GenOptions
 
     return GenOptions(arch=arch, data_root=data_root, backend=backend, fc8_outputs=fc8_outputs, gpu=not cpu,
-                      solver=dict(solver))
+                      engine=engine, solver=dict(solver))
 
 
 net_options = option_group("Nets and solver", "options", [
@@ -85,6 +85,9 @@ net_options = option_group("Nets and solver", "options", [
     (("--fc8-outputs",), dict(type=FcOutputs(), help="fc8 width: a number, or 'classes' for the paper's N-way "
                               "head (default: 1000 for caffenet, as in every released net; classes for small).")),
     (("--cpu",), dict(is_flag=True, help="solver_mode CPU instead of GPU.")),
+    (("--engine",), dict(type=click.Choice(["caffe", "cudnn"]),
+                         help="Engine of every layer that has one: caffe (Caffe's own code, the 2014 numerics) or "
+                         "cudnn (faster, not bit-deterministic). Default: Caffe's (cuDNN in a cuDNN build).")),
     (("--solver",), dict(multiple=True, type=SolverOverride(),
                          help="Override a solver value, e.g. --solver max_iter=1000 (repeatable).")),
 ], _gen_options)

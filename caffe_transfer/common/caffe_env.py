@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -115,6 +116,12 @@ def cuda_build() -> bool:
     return "mode=cuda" in (build_stamp() or "")
 
 
+def cudnn_version() -> str | None:
+    """The cuDNN version the build was compiled with (the stamp's `mode=cuda:ARCHS+cudnnX.Y.Z`)."""
+    found = re.search(r"\bmode=cuda:\S*\+cudnn([0-9.]+)", build_stamp() or "")
+    return found.group(1) if found else None
+
+
 def gpu_count() -> int:
     """GPUs the driver reports; 0 where nvidia-smi is missing or sees none."""
     smi = shutil.which("nvidia-smi")
@@ -160,6 +167,10 @@ def doctor() -> list[Check]:
                             "" if gpus else "no GPU visible: check the driver (docker run --gpus all); a CUDA "
                                             "build cannot train without a GPU, even with --cpu (its data "
                                             "threads call CUDA): CAFFE_CUDA=0 builds a CPU-only Caffe"))
+        cudnn = cudnn_version()
+        checks.append(Check("cuDNN", True, f"cuDNN {cudnn} (layers run it unless gen --engine caffe)" if cudnn
+                            else "not built in: Caffe's own GPU code (CAFFE_CUDNN=1 tools/install_caffe.sh "
+                                 "builds it with cuDNN)"))
     else:
         fix = ("GPUs are visible but Caffe is CPU-only: rebuild with CAFFE_CUDA=1 tools/install_caffe.sh"
                if gpus else "")

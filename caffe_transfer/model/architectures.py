@@ -132,6 +132,26 @@ def _small(fc8: int) -> tuple[Layer, ...]:
         [_fc("fc6", 256, XAVIER, 0.1), _fc("fc7", 256, XAVIER, 0.1), _fc("fc8", fc8, XAVIER, 0)])
 
 
+# Layers Caffe can run with its own code (engine CAFFE, the 2014 numerics) or with cuDNN (engine
+# CUDNN, Caffe's default in a cuDNN build: faster, not bit-deterministic), and the message that
+# holds each one's `engine` field.
+ENGINE_PARAMS = {"Convolution": "convolution_param", "Pooling": "pooling_param", "ReLU": "relu_param",
+                 "LRN": "lrn_param", "Softmax": "softmax_param", "SoftmaxWithLoss": "softmax_param"}
+ENGINES = ("caffe", "cudnn")
+
+
+def with_engine(layers: list[dict], engine: str | None) -> list[dict]:
+    """Rendered layers with Caffe's `engine` set on every layer that has one; None leaves Caffe's
+    default (cuDNN where the build has it)."""
+    if engine is None:
+        return layers
+    if engine not in ENGINES:
+        raise CaffeTransferError(f"engine {engine!r}: expected one of {', '.join(ENGINES)}")
+    value = ProtoEnum(engine.upper())
+    return [{**layer, key: {**layer.get(key, {}), "engine": value}} if (key := ENGINE_PARAMS.get(layer["type"]))
+            else layer for layer in layers]
+
+
 _BUILDERS = {
     "caffenet": (_caffenet, dict(image_size=256, crop_size=227, train_batch=256, val_batch=50,
                                  fc8_outputs=1000)),

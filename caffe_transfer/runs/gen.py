@@ -30,6 +30,7 @@ from caffe_transfer.model.architectures import (
     ProtoEnum,
     architecture,
     default_fc8_outputs,
+    with_engine,
 )
 from caffe_transfer.model.solvers import solver_values
 from caffe_transfer.model.treatments import Kind, Treatment
@@ -59,6 +60,7 @@ class GenOptions:
     fc8_outputs: int | str | None = None  # None: the architecture's default; "classes": N-way
     base_weights: Path | None = None      # None: the base run's final snapshot beside this run
     gpu: bool = True
+    engine: str | None = None  # "caffe" or "cudnn" on every layer that has both; None: Caffe's default
     solver: dict = field(default_factory=dict)  # overrides of the schedule's values
 
 
@@ -208,9 +210,10 @@ def render_run(treatment: Treatment, options: GenOptions, out_dir: Path) -> dict
     solver_fields = {"net": NET, **solver, "snapshot_prefix": snapshot_prefix(treatment.name)}
     files = {
         NET: env.get_template("train_val.prototxt.j2").render(
-            layers=train_val_layers(treatment, arch, options), **common),
+            layers=with_engine(train_val_layers(treatment, arch, options), options.engine), **common),
         "deploy.prototxt": env.get_template("deploy.prototxt.j2").render(
-            layers=deploy_layers(treatment, arch, input_channels(mean_path(options.data_root, treatment.mean_set))),
+            layers=with_engine(deploy_layers(
+                treatment, arch, input_channels(mean_path(options.data_root, treatment.mean_set))), options.engine),
             **common),
         SOLVER: env.get_template("solver.prototxt.j2").render(solver=solver_fields, **common),
     }
@@ -242,6 +245,7 @@ def render_run(treatment: Treatment, options: GenOptions, out_dir: Path) -> dict
         "solver": {k: str(v) if isinstance(v, ProtoEnum) else v for k, v in solver.items()},
         "snapshot_prefix": snapshot_prefix(treatment.name),
         "fingerprint": str(fingerprint),
+        "engine": options.engine,
         "generator": f"caffe-transfer {__version__}",
     }
     script = folder.script_values(treatment, solver["max_iter"], fingerprint, base_weights,
