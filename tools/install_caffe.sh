@@ -8,6 +8,11 @@
 #
 # Idempotent and cached: a second run with the same settings checks a stamp and exits in seconds.
 #
+#   tools/install_caffe.sh               build, fetching what is missing (apt, the source package)
+#   tools/install_caffe.sh --bundle DIR  write everything a build needs beyond CUDA, a compiler and
+#                                        CMake into DIR (under 60 MiB; tools/caffe_bundle.sh)
+#   tools/install_caffe.sh --from DIR    build from such a bundle, with no network and no apt
+#
 # Settings (environment):
 #   CAFFE_ROOT   install prefix (default /opt/caffe); caffe-transfer looks there by default
 #   PYTHON       interpreter pycaffe is built for (default python3); it needs numpy installed
@@ -52,6 +57,65 @@ find_mirror() {
 log() { printf '[install_caffe] %s\n' "$*" >&2; }
 die() { printf '[install_caffe] error: %s\n' "$*" >&2; exit 1; }
 
+BUNDLE="" FROM=""
+case "${1:-}" in
+  --bundle) BUNDLE=${2:-} ; [ -n "$BUNDLE" ] || die "--bundle needs a folder" ;;
+  --from) FROM=${2:-} ; [ -d "$FROM" ] || die "--from ${2:-}: expected the folder a --bundle run wrote" ;;
+  "") ;;
+  *) die "unknown argument $1: expected --bundle DIR or --from DIR" ;;
+esac
+[ $# -le 2 ] || die "unexpected argument ${3}: expected --bundle DIR or --from DIR"
+# shellcheck source=tools/caffe_bundle.sh
+. "$HERE/caffe_bundle.sh"
+
+# The source package files in CACHE, fetched where missing and checked against the pinned .dsc.
+fetch_source() {
+  local CACHE=$1
+  mkdir -p "$CACHE"
+  if ! echo "$DSC_SHA256  $CACHE/$DSC_FILE" | sha256sum -c --status 2>/dev/null; then
+    [ -z "$FROM" ] || die "--from $FROM: source/$DSC_FILE is missing or not the pinned one"
+    # A temporary deb-src entry for the suite that carries the package, built from the mirror URI
+    # this machine already uses, in a private apt state so the system's sources stay untouched.
+    uri=$(find_mirror)
+    [ -n "$uri" ] || die "no Debian mirror URI found in /etc/apt/sources.list{,.d}"
+    apt_dir=$(mktemp -d)
+    trap 'rm -rf "$apt_dir"' EXIT
+    mkdir -p "$apt_dir/lists/partial"
+    cat > "$apt_dir/src.sources" <<SRC
+Types: deb-src
+URIs: $uri
+Suites: $SRC_SUITE
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+    apt_opts=(-o "Dir::Etc::SourceList=$apt_dir/src.sources" -o Dir::Etc::SourceParts=/dev/null
+              -o "Dir::State::Lists=$apt_dir/lists" -o APT::Sandbox::User=root)
+    log "fetching source package $SRC_PACKAGE $SRC_VERSION ($SRC_SUITE)"
+    apt-get "${apt_opts[@]}" update -qq
+    (cd "$CACHE" && apt-get "${apt_opts[@]}" source --download-only -qq "$SRC_PACKAGE=$SRC_VERSION" >/dev/null)
+    echo "$DSC_SHA256  $CACHE/$DSC_FILE" | sha256sum -c --status || die "$DSC_FILE does not match its pinned sha256"
+  fi
+  # Every file the .dsc names must match the .dsc's sha256.
+  awk '/^Checksums-Sha256:/{f=1; next} /^[^ ]/{f=0} f{print $1 "  " $3}' "$CACHE/$DSC_FILE" \
+    | (cd "$CACHE" && sha256sum -c --quiet) || die "source files do not match $DSC_FILE"
+  log "source package verified against $DSC_FILE"
+}
+
+# The Debian build dependencies, installed with apt-get where missing.
+install_build_deps() {
+  local missing=() p
+  for p in "${BUILD_DEPS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    [ "$(id -u)" = 0 ] || die "missing packages ${missing[*]}: run this script as root (it uses apt-get)"
+    log "installing ${#missing[@]} build dependencies with apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+
 case "$CAFFE_CUDA" in
   auto) if command -v nvcc >/dev/null && nvidia-smi -L >/dev/null 2>&1; then CUDA=1; else CUDA=0; fi ;;
   0|1) CUDA=$CAFFE_CUDA ;;
@@ -88,6 +152,11 @@ print(os.path.abspath(sys.executable), "%d.%d" % sys.version_info[:2],
       sysconfig.get_paths()["include"], lib, numpy.__version__)
 PY
 )
+if [ -n "$BUNDLE" ]; then
+  install_build_deps
+  write_bundle "$BUNDLE"
+  exit 0
+fi
 
 # --- CUDA libraries: the toolkit's, else NVIDIA's wheels in PYTHON's environment -----------
 # The folder of the wheel package nvidia.NAME (cu13, cudnn, ...), if PYTHON has it.
@@ -150,8 +219,8 @@ if [ "$CUDA" = 1 ]; then
 fi
 
 MODE=$([ "$CUDA" = 1 ] && echo "cuda:${CUDA_ARCH_BIN// /,}${CUDNN_VERSION:++cudnn$CUDNN_VERSION}" || echo cpu)
-SCRIPT_SHA=$(cat "${BASH_SOURCE[0]}" "$HERE"/caffe_fixes/* | sha256sum | cut -c1-16)
-STAMP_TEXT="source=$SRC_VERSION mode=$MODE python=$PY_EXE/$PY_VER numpy=${NUMPY_VER%%.*} script=$SCRIPT_SHA"
+SCRIPT_SHA=$(cat "${BASH_SOURCE[0]}" "$HERE/caffe_bundle.sh" "$HERE"/caffe_fixes/* | sha256sum | cut -c1-16)
+STAMP_TEXT="source=$SRC_VERSION mode=$MODE python=$PY_EXE/$PY_VER numpy=${NUMPY_VER%%.*} script=$SCRIPT_SHA${FROM:+ deps=bundle}"
 STAMP=$CAFFE_ROOT/.caffe-transfer-build
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$STAMP_TEXT" ] && [ -x "$CAFFE_ROOT/bin/caffe" ]; then
@@ -160,47 +229,18 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$STAMP_TEXT" ] && [ -x "$CAFFE_ROOT
 fi
 
 # --- build dependencies -------------------------------------------------------------------
-missing=()
-for p in "${BUILD_DEPS[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  [ "$(id -u)" = 0 ] || die "missing packages ${missing[*]}: run this script as root (it uses apt-get)"
-  log "installing ${#missing[@]} build dependencies with apt-get"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+BUNDLE_PYCAFFE=1 DEPS_CMAKE_ARGS=()
+if [ -n "$FROM" ]; then
+  for t in cmake make c++; do command -v "$t" >/dev/null || die "--from needs $t on PATH (a bundle has no build tools)"; done
+  use_bundle "$FROM"
+else
+  install_build_deps
 fi
 
 # --- source package -----------------------------------------------------------------------
-CACHE=$CAFFE_ROOT/cache
-mkdir -p "$CACHE"
-if ! echo "$DSC_SHA256  $CACHE/$DSC_FILE" | sha256sum -c --status 2>/dev/null; then
-  # A temporary deb-src entry for the suite that carries the package, built from the mirror URI
-  # this machine already uses, in a private apt state so the system's sources stay untouched.
-  uri=$(find_mirror)
-  [ -n "$uri" ] || die "no Debian mirror URI found in /etc/apt/sources.list{,.d}"
-  apt_dir=$(mktemp -d)
-  trap 'rm -rf "$apt_dir"' EXIT
-  mkdir -p "$apt_dir/lists/partial"
-  cat > "$apt_dir/src.sources" <<SRC
-Types: deb-src
-URIs: $uri
-Suites: $SRC_SUITE
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-SRC
-  apt_opts=(-o "Dir::Etc::SourceList=$apt_dir/src.sources" -o Dir::Etc::SourceParts=/dev/null
-            -o "Dir::State::Lists=$apt_dir/lists" -o APT::Sandbox::User=root)
-  log "fetching source package $SRC_PACKAGE $SRC_VERSION ($SRC_SUITE)"
-  apt-get "${apt_opts[@]}" update -qq
-  (cd "$CACHE" && apt-get "${apt_opts[@]}" source --download-only -qq "$SRC_PACKAGE=$SRC_VERSION" >/dev/null)
-  echo "$DSC_SHA256  $CACHE/$DSC_FILE" | sha256sum -c --status || die "$DSC_FILE does not match its pinned sha256"
-fi
-# Every file the .dsc names must match the .dsc's sha256.
-awk '/^Checksums-Sha256:/{f=1; next} /^[^ ]/{f=0} f{print $1 "  " $3}' "$CACHE/$DSC_FILE" \
-  | (cd "$CACHE" && sha256sum -c --quiet) || die "source files do not match $DSC_FILE"
-log "source package verified against $DSC_FILE"
+CACHE=${FROM:+$FROM/source}
+CACHE=${CACHE:-$CAFFE_ROOT/cache}
+fetch_source "$CACHE"
 
 SRC=$CAFFE_ROOT/src
 rm -rf "$SRC" "$CAFFE_ROOT/build"
@@ -240,13 +280,14 @@ if [ "$CUDA" = 1 ]; then
 else
   cmake_args+=(-DCPU_ONLY=ON -DUSE_CUDNN=OFF)
 fi
+cmake_args+=("${DEPS_CMAKE_ARGS[@]}")
 log "building ($MODE, python $PY_VER, $JOBS jobs); this takes a few minutes"
 mkdir -p "$CAFFE_ROOT/build"
 cmake_rc=0
 (cd "$CAFFE_ROOT/build" && cmake "$SRC" "${cmake_args[@]}" > cmake.log 2>&1) || cmake_rc=$?
 # Caffe's CMake leaves pycaffe out, with one line of notice, when it lacks a dependency (and
 # then fails on a target that needs it): name the missing piece.
-if grep -q "Python interface is disabled" "$CAFFE_ROOT/build/cmake.log"; then
+if [ "$BUNDLE_PYCAFFE" = 1 ] && grep -q "Python interface is disabled" "$CAFFE_ROOT/build/cmake.log"; then
   grep -i -e "could not find" -e "no module named" "$CAFFE_ROOT/build/cmake.log" >&2 || true
   die "cmake found no complete Python for pycaffe with $PY_EXE (log: $CAFFE_ROOT/build/cmake.log)"
 fi
@@ -260,9 +301,13 @@ fi
 for tool in caffe upgrade_net_proto_text upgrade_solver_proto_text compute_image_mean convert_imageset; do
   [ -x "$CAFFE_ROOT/bin/$tool" ] || die "build finished without $CAFFE_ROOT/bin/$tool"
 done
-"$PYTHON" -c 'import importlib.util as u, sys; s = u.spec_from_file_location("_caffe", sys.argv[1]); s.loader.exec_module(u.module_from_spec(s))' \
-  "$CAFFE_ROOT/lib/python3/dist-packages/caffe/_caffe.so" \
-  || die "pycaffe was built but does not import with $PYTHON"
+PYCAFFE=$CAFFE_ROOT/lib/python3/dist-packages/caffe
+if [ "$BUNDLE_PYCAFFE" = 1 ]; then
+  "$PYTHON" -c 'import importlib.util as u, sys; s = u.spec_from_file_location("_caffe", sys.argv[1]); s.loader.exec_module(u.module_from_spec(s))' \
+    "$PYCAFFE/_caffe.so" || die "pycaffe was built but does not import with $PYTHON"
+else  # caffe-transfer reads and writes prototxts and LMDBs with caffe_pb2 alone
+  mkdir -p "$PYCAFFE/proto" && cp "$CAFFE_ROOT/build/include/caffe/proto/caffe_pb2.py" "$PYCAFFE/proto/"
+fi
 
 echo "$STAMP_TEXT" > "$STAMP"
 rm -rf "$CAFFE_ROOT/build" "$SRC" "$CAFFE_ROOT"/caffe_*.orig.tar.*  # dpkg-source copies the tarball beside $SRC
