@@ -185,8 +185,11 @@ if [ "$CUDA" = 1 ]; then
     cuda_args+=(-DCUDA_${lib}_LIBRARY="$found")
     extra_inc+=("$(dirname "$(dirname "$found")")/include")
   done
-  # Caffe includes cublas_v2.h and curand.h without a CMake include path for them: gcc and nvcc's
-  # preprocessing both read CPATH.
+  # CUDA 13 moved Thrust and CUB to include/cccl, which nvcc adds itself and g++ does not (the
+  # cuDNN softmax layer includes Thrust from a .cpp).
+  [ ! -d "$CUDA_HOME/include/cccl" ] || extra_inc+=("$CUDA_HOME/include/cccl")
+  # Caffe includes cublas_v2.h, curand.h and Thrust without a CMake include path for them: gcc and
+  # nvcc's preprocessing both read CPATH.
   [ ${#extra_inc[@]} = 0 ] || export CPATH="$(IFS=:; echo "${extra_inc[*]}")${CPATH:+:$CPATH}"
 
   if [ "$CAFFE_CUDNN" != 0 ]; then
