@@ -173,16 +173,20 @@ cuda_args=() CUDNN_VERSION="" CUDNN_INC=""
 if [ "$CUDA" = 1 ]; then
   CUDA_HOME=$(dirname "$(dirname "$(command -v nvcc)")")
   extra_inc=()
-  for lib in cublas curand; do
-    [ -n "$(first "lib$lib.so*" "$CUDA_HOME/lib64" "$CUDA_HOME/targets/x86_64-linux/lib" /usr/lib/x86_64-linux-gnu)" ] && continue
-    found=""
-    for w in cu13 cu12 "$lib"; do
-      d=$(wheel_dir "$w"); [ -n "$d" ] || continue
-      found=$(first "lib$lib.so.[0-9]*" "$d/lib"); [ -n "$found" ] && break
+  # FindCUDA looks for unversioned libraries in the toolkit; a toolkit from NVIDIA's wheels, or
+  # one without cuBLAS and cuRAND (as on these machines), has versioned ones or none: pass them.
+  for lib in cudart cublas curand; do
+    [ -z "$(first "lib$lib.so" "$CUDA_HOME/lib64" "$CUDA_HOME/lib" "$CUDA_HOME/targets/x86_64-linux/lib" \
+      /usr/lib/x86_64-linux-gnu)" ] || continue
+    found=$(first "lib$lib.so.[0-9]*" "$CUDA_HOME/lib64" "$CUDA_HOME/lib")
+    for w in cu13 "$lib"; do  # nvidia/cu13/lib (CUDA 13 wheels), nvidia/cublas/lib (CUDA 12 wheels)
+      [ -z "$found" ] || break
+      d=$(wheel_dir "$w"); [ -z "$d" ] || found=$(first "lib$lib.so.[0-9]*" "$d/lib")
     done
     [ -n "$found" ] || die "CUDA at $CUDA_HOME has no lib$lib: install NVIDIA's wheel for it into $PY_EXE's environment (nvidia-$lib)"
-    log "lib$lib from NVIDIA's wheel: $found"
-    cuda_args+=(-DCUDA_${lib}_LIBRARY="$found")
+    log "lib$lib: $found"
+    var=CUDA_${lib}_LIBRARY; [ "$lib" != cudart ] || var=CUDA_CUDART_LIBRARY
+    cuda_args+=(-D"$var"="$found")
     extra_inc+=("$(dirname "$(dirname "$found")")/include")
   done
   # CUDA 13 moved Thrust and CUB to include/cccl, which nvcc adds itself and g++ does not (the
