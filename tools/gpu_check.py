@@ -179,29 +179,31 @@ def train_transfer(cfg: dict, data: Path, out: Path, gpu: bool) -> dict:
 
 
 def agree(data: Path, out: Path, engine: str) -> dict:
-    """One SGD step (no momentum, no decay, no dropout) of the small net on GPU and CPU, same data
-    (DummyData's fillers draw from Caffe's seeded CPU generator in both modes)."""
+    """One SGD step (no momentum, no decay, no dropout) of the small net on the CPU and on the GPU
+    from the same init and data (fillers and DummyData draw from Caffe's seeded CPU generator in
+    both modes), and a CPU run with learning rate 0 for the init: the GPU's step against the CPU's."""
     cfg = {**DRY, "arch": "small"}
-    steps = {}
-    for gpu in (False, True):
-        run = write_run(out / f"agree_{engine}_{'gpu' if gpu else 'cpu'}", "half0A", cfg, data, gpu, 1, engine=engine)
+    runs = {}
+    for key, gpu, rate in (("init", False, "0"), ("cpu", False, "0.01"), ("gpu", True, "0.01")):
+        run = write_run(out / f"agree_{engine}_{key}", "half0A", cfg, data, gpu, 1, engine=engine)
         solver = fed_from_memory(run, "step")
         net = protos.read_net(run / "step.prototxt")
         keep = [layer for layer in net.layer if layer.type != "Dropout"]
         del net.layer[:]
         net.layer.extend(keep)
         (run / "step.prototxt").write_text(text_format.MessageToString(net))
-        text = solver.read_text().replace("momentum: 0.9", "momentum: 0").replace("weight_decay: 0.0005", "weight_decay: 0")
-        solver.write_text(text + "test_initialization: false\n")
-        log = caffe(["train", "-solver", solver.name, *(["-gpu", 0] if gpu else [])], run, run / "step.log")
-        loss = [row["loss"] for row in parse_file(run / "step.log").train if "loss" in row]
-        steps[gpu] = (loss[0] if loss else float("nan"),
-                      blobs(next((run / "snapshots").glob("step_*_iter_1.caffemodel"))), log)
-    (cpu_loss, cpu, _), (gpu_loss, gpu_blobs, _) = steps[False], steps[True]
-    worst = max(float(np.max(np.abs(g - c)) / (np.max(np.abs(c)) or 1))
-                for name in cpu for c, g in zip(cpu[name], gpu_blobs[name]))
-    return {"engine": engine, "loss_cpu": cpu_loss, "loss_gpu": gpu_loss, "max_relative_weight_diff": worst,
-            "tolerance": AGREE_TOLERANCE[engine], "agree": bool(worst <= AGREE_TOLERANCE[engine])}
+        text = re.sub(r"(?m)^(momentum|weight_decay): .*$", r"\1: 0", solver.read_text())
+        solver.write_text(re.sub(r"(?m)^base_lr: .*$", f"base_lr: {rate}", text) + "test_initialization: false\n")
+        caffe(["train", "-solver", solver.name, *(["-gpu", 0] if gpu else [])], run, run / "step.log")
+        losses = [row["loss"] for row in parse_file(run / "step.log").train if "loss" in row]
+        runs[key] = (losses[0] if losses else float("nan"),
+                     blobs(next((run / gen.SNAPSHOT_DIR).glob("step_*_iter_1.caffemodel"))))
+    init, (cpu_loss, cpu), (gpu_loss, gpu) = runs["init"][1], runs["cpu"], runs["gpu"]
+    step = max(float(np.max(np.abs(c - i))) for name in cpu for c, i in zip(cpu[name], init[name]))
+    worst = max(float(np.max(np.abs(g - c))) for name in cpu for c, g in zip(cpu[name], gpu[name])) / (step or 1)
+    return {"engine": engine, "loss_cpu": cpu_loss, "loss_gpu": gpu_loss, "largest_step": step,
+            "max_weight_diff_of_step": worst, "tolerance": AGREE_TOLERANCE[engine],
+            "agree": bool(worst <= AGREE_TOLERANCE[engine] and abs(gpu_loss - cpu_loss) <= 1e-3 * abs(cpu_loss))}
 
 
 def torch_caffenet(iterations: int = 20) -> dict:
@@ -281,8 +283,8 @@ def summary(r: dict) -> str:
               f"  frozen layers bit-identical: {all(t['frozen_identical'].values())} ({', '.join(t['frozen_identical'])}); "
               f"loss {t['loss_first']} -> {t['loss_last']} (falls: {t['loss_falls']})"]
     for a in r["agree"] if isinstance(r["agree"], list) else []:
-        lines.append(f"  GPU vs CPU ({a['engine']}): loss {a['loss_gpu']} vs {a['loss_cpu']}, weights within "
-                     f"{a['max_relative_weight_diff']:.2e} (tolerance {a['tolerance']}): {a['agree']}")
+        lines.append(f"  GPU vs CPU ({a['engine']}): loss {a['loss_gpu']} vs {a['loss_cpu']}, step agrees within "
+                     f"{a['max_weight_diff_of_step']:.2e} of its size (tolerance {a['tolerance']}): {a['agree']}")
     if isinstance(r["agree"], str):
         lines.append(f"  GPU vs CPU: {r['agree']}")
     torch_line = r["torch"] if isinstance(r["torch"], str) else json.dumps(r["torch"])

@@ -83,6 +83,9 @@ def caffe_pb2():
 def pycaffe():
     """The `caffe` Python module (CPU mode unless the caller switches it)."""
     caffe = _import("caffe")
+    if not hasattr(caffe, "Net"):  # caffe_pb2 alone: a bundle build for a Python it had no Boost.Python for
+        raise CaffeTransferError(f"{caffe_root() / PYCAFFE_SUBDIR / 'caffe'} holds caffe_pb2 but no pycaffe: "
+                                 f"{INSTALL_HINT} for this Python (PYTHON=...)")
     proto = sys.modules.get("caffe.proto")
     if proto is not None and not hasattr(proto, "caffe_pb2"):
         proto.caffe_pb2 = sys.modules[PB2]  # loaded before the package by caffe_pb2()
