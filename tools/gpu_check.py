@@ -29,12 +29,14 @@ import lmdb
 import numpy as np
 from google.protobuf import text_format
 
-from caffe_transfer import caffe_env, gen, plan, protos
-from caffe_transfer.atomic import write_atomic
-from caffe_transfer.errors import CaffeTransferError
-from caffe_transfer.lmdb_builder import datum_parts, write_mean
-from caffe_transfer.logs import parse_file
-from caffe_transfer.treatments import parse
+from caffe_transfer.common import caffe_env, protos
+from caffe_transfer.common.atomic import write_atomic
+from caffe_transfer.common.errors import CaffeTransferError
+from caffe_transfer.data.lmdb_builder import datum_parts, write_mean
+from caffe_transfer.grid import plan
+from caffe_transfer.model.treatments import parse
+from caffe_transfer.runs import gen
+from caffe_transfer.runs.logs import parse_file
 
 # (arch, images, iterations of the base, of each timed training, of `caffe time`)
 REAL = {"arch": "caffenet", "images": 1024, "base_iter": 20, "train_iter": 300, "time_iter": 10}
@@ -156,7 +158,7 @@ def train_transfer(cfg: dict, data: Path, out: Path, gpu: bool) -> dict:
     except CaffeTransferError as e:
         init, how = base_model, f"caffe --weights (no pycaffe: {e})"
     else:
-        from caffe_transfer.surgery import transplant
+        from caffe_transfer.runs.transplant import transplant
 
         init, how = transplant(run, base=base_model).init, "transplant"
     started = time.monotonic()
