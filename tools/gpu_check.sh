@@ -40,8 +40,9 @@ command -v nvcc >/dev/null || export PATH=/usr/local/cuda/bin:$PATH
 command -v nvcc >/dev/null || die "no nvcc on PATH or in /usr/local/cuda/bin"
 ARCH=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -n1 | tr -d ' .')
 [ -n "$ARCH" ] || die "nvidia-smi reports no compute capability"
-# The machine's own packages (numpy, torch, NVIDIA's CUDA wheels) plus the bundle's wheels.
-[ -x "$OUT/venv/bin/python" ] || python3 -m venv --system-site-packages "$OUT/venv"
+# The machine's own packages (numpy, torch, NVIDIA's CUDA wheels, pip) plus the bundle's wheels;
+# --without-pip needs no ensurepip (python3-venv), which such machines often lack.
+[ -x "$OUT/venv/bin/python" ] || python3 -m venv --without-pip --system-site-packages "$OUT/venv"
 PY=$OUT/venv/bin/python
 export CAFFE_ROOT=$OUT/caffe
 started=$(date +%s)
