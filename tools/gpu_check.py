@@ -244,6 +244,17 @@ def grid(iteration_ms: float) -> dict:
     return {f"{n}_gpus": plan.estimate(runs, iteration_ms / 1000, n) for n in (1, 8)}
 
 
+def goals(r: dict) -> dict:
+    """The issue's speed goals, read from the figures (None where a figure is missing)."""
+    ms = {t["engine"]: t["iteration_ms"] for t in r["time"]}
+    torch_ms = r["torch"].get("iteration_ms") if isinstance(r["torch"], dict) else None
+    speedup = ms["caffe"] / ms["cudnn"] if ms.get("caffe") and ms.get("cudnn") else None
+    vs_torch = ms["cudnn"] / torch_ms if ms.get("cudnn") and torch_ms else None
+    return {"cudnn_speedup": speedup, "cudnn_speedup_at_least_2.5": speedup >= 2.5 if speedup else None,
+            "cudnn_over_torch": vs_torch, "within_2x_of_torch": vs_torch <= 2 if vs_torch else None,
+            "datalayer_not_limiting": not r["train"]["datalayer_limits"]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, required=True)
@@ -269,6 +280,7 @@ def main() -> None:
     except ImportError:
         report["torch"] = "skipped: torch does not import"
     report["grid"] = grid(report["train"]["datalayer_ms"])
+    report["goals"] = goals(report)
     write_atomic(out / "gpu_check.json", json.dumps(report, indent=2) + "\n")
     print(summary(report))
 
@@ -291,6 +303,10 @@ def summary(r: dict) -> str:
         lines.append(f"  GPU vs CPU: {r['agree']}")
     torch_line = r["torch"] if isinstance(r["torch"], str) else json.dumps(r["torch"])
     lines.append(f"  torch CaffeNet: {torch_line}")
+    g = r["goals"]
+    lines.append(f"  goals: cuDNN/Caffe speedup {g['cudnn_speedup'] or '-'} (>= 2.5: {g['cudnn_speedup_at_least_2.5']}); "
+                 f"cuDNN/torch {g['cudnn_over_torch'] or '-'} (<= 2: {g['within_2x_of_torch']}); "
+                 f"DataLayer not limiting: {g['datalayer_not_limiting']}")
     for key, e in r["grid"].items():
         lines.append(f"  grid at {e['iter_seconds'] * 1000:.1f} ms/iter on {e['gpus']} GPU(s): "
                      f"{e['gpu_hours']:,.0f} GPU-hours, {e['wall_hours']:,.0f} h wall-clock")
