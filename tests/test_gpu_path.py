@@ -63,7 +63,7 @@ def test_from_bundle_builds_caffe_with_the_network_cut(bundle, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (root / ".caffe-transfer-build").read_text().strip().endswith("deps=bundle")
     ldd = subprocess.run(["ldd", str(root / "bin" / "caffe")], capture_output=True, text=True).stdout
-    for lib in ("libglog", "libprotobuf", "libboost_system", "libhdf5_serial", "libopenblas", "liblmdb"):
+    for lib in ("libglog", "libprotobuf", "libboost_thread", "libhdf5_serial", "libopenblas", "liblmdb"):
         line = next(line for line in ldd.splitlines() if lib in line)
         assert str(root / "deps") in line, line
     doctor = subprocess.run([str(Path(sys.executable).parent / "caffe-transfer"), "doctor"], capture_output=True,
