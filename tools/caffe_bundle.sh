@@ -28,7 +28,7 @@ write_bundle() {
   [ ${#debs[@]} -gt 0 ] || die "no build dependency packages found to bundle"
   log "downloading ${#debs[@]} .debs"
   rm -f "$dir"/debs/*.deb
-  (cd "$dir/debs" && apt-get download -qq "${debs[@]}" >/dev/null)
+  (cd "$dir/debs" && apt-get -o APT::Sandbox::User=root download -qq "${debs[@]}" >/dev/null)
   local py=${BUNDLE_PYTHON:-$PY_VER}
   log "downloading wheels for Python $py: $BUNDLE_WHEELS"
   rm -f "$dir"/wheels/*
