@@ -158,75 +158,14 @@ if [ -n "$BUNDLE" ]; then
   exit 0
 fi
 
-# --- CUDA libraries: the toolkit's, else NVIDIA's wheels in PYTHON's environment -----------
-# The folder of the wheel package nvidia.NAME (cu13, cudnn, ...), if PYTHON has it.
-wheel_dir() {
-  "$PYTHON" -c 'import importlib.util as u, sys
-try: s = u.find_spec("nvidia." + sys.argv[1])
-except ImportError: s = None
-print(next(iter(s.submodule_search_locations)) if s else "")' "$1" 2>/dev/null || true
-}
-# The first file matching a glob in the given folders.
-first() { local pattern=$1 d f; shift; for d in "$@"; do for f in "$d"/$pattern; do [ -e "$f" ] && { echo "$f"; return; }; done; done; return 0; }
-
-cuda_args=() CUDNN_VERSION="" CUDNN_INC=""
-if [ "$CUDA" = 1 ]; then
-  CUDA_HOME=$(dirname "$(dirname "$(command -v nvcc)")")
-  extra_inc=()
-  # FindCUDA looks for unversioned libraries in the toolkit; a toolkit from NVIDIA's wheels, or
-  # one without cuBLAS and cuRAND (as on these machines), has versioned ones or none: pass them.
-  for lib in cudart cublas curand; do
-    [ -z "$(first "lib$lib.so" "$CUDA_HOME/lib64" "$CUDA_HOME/lib" "$CUDA_HOME/targets/x86_64-linux/lib" \
-      /usr/lib/x86_64-linux-gnu)" ] || continue
-    found=$(first "lib$lib.so.[0-9]*" "$CUDA_HOME/lib64" "$CUDA_HOME/lib")
-    for w in cu13 "$lib"; do  # nvidia/cu13/lib (CUDA 13 wheels), nvidia/cublas/lib (CUDA 12 wheels)
-      [ -z "$found" ] || break
-      d=$(wheel_dir "$w"); [ -z "$d" ] || found=$(first "lib$lib.so.[0-9]*" "$d/lib")
-    done
-    [ -n "$found" ] || die "CUDA at $CUDA_HOME has no lib$lib: install NVIDIA's wheel for it into $PY_EXE's environment (nvidia-$lib)"
-    log "lib$lib: $found"
-    var=CUDA_${lib}_LIBRARY; [ "$lib" != cudart ] || var=CUDA_CUDART_LIBRARY
-    cuda_args+=(-D"$var"="$found")
-    extra_inc+=("$(dirname "$(dirname "$found")")/include")
-  done
-  # CUDA 13 moved Thrust and CUB to include/cccl, which nvcc adds itself and g++ does not (the
-  # cuDNN softmax layer includes Thrust from a .cpp).
-  [ ! -d "$CUDA_HOME/include/cccl" ] || extra_inc+=("$CUDA_HOME/include/cccl")
-  # Caffe includes cublas_v2.h, curand.h and Thrust without a CMake include path for them: gcc and
-  # nvcc's preprocessing both read CPATH.
-  [ ${#extra_inc[@]} = 0 ] || export CPATH="$(IFS=:; echo "${extra_inc[*]}")${CPATH:+:$CPATH}"
-
-  if [ "$CAFFE_CUDNN" != 0 ]; then
-    cudnn_wheel=$(wheel_dir cudnn)
-    for inc in ${CUDNN_ROOT:+"$CUDNN_ROOT/include"} "$CUDA_HOME/include" /usr/include/x86_64-linux-gnu /usr/include \
-               ${cudnn_wheel:+"$cudnn_wheel/include"}; do
-      # cuDNN >= 8 keeps its version in cudnn_version.h (Debian's packages suffix it: _v9).
-      header=$(first "cudnn_version.h" "$inc"); header=${header:-$(first "cudnn_version_v[0-9]*.h" "$inc")}
-      [ -n "$header" ] || { [ -f "$inc/cudnn.h" ] && header=$inc/cudnn.h; } || continue
-      [ -f "$inc/cudnn.h" ] || continue
-      libdir=$(dirname "$inc")/lib
-      library=$(first "libcudnn.so" ${CUDNN_ROOT:+"$CUDNN_ROOT/lib" "$CUDNN_ROOT/lib64"} "$libdir" "$libdir"64 \
-        "$CUDA_HOME/lib64" /usr/lib/x86_64-linux-gnu)
-      library=${library:-$(first "libcudnn.so.[0-9]*" ${CUDNN_ROOT:+"$CUDNN_ROOT/lib" "$CUDNN_ROOT/lib64"} \
-        "$libdir" "$libdir"64 "$CUDA_HOME/lib64" /usr/lib/x86_64-linux-gnu)}
-      [ -n "$library" ] || continue
-      CUDNN_VERSION=$(awk '$1 == "#define" && $2 ~ /^CUDNN_(MAJOR|MINOR|PATCHLEVEL)$/ {v[$2] = $3}
-        END {if (v["CUDNN_MAJOR"] != "") print v["CUDNN_MAJOR"] "." v["CUDNN_MINOR"] "." v["CUDNN_PATCHLEVEL"]}' "$header")
-      [ -n "$CUDNN_VERSION" ] || die "no CUDNN_MAJOR in $header"
-      CUDNN_INC=$inc CUDNN_HEADER=$header
-      cuda_args+=(-DUSE_CUDNN=ON -DCUDNN_INCLUDE="$inc" -DCUDNN_LIBRARY="$library")
-      log "cuDNN $CUDNN_VERSION: $header, $library"
-      break
-    done
-    [ -n "$CUDNN_VERSION" ] || [ "$CAFFE_CUDNN" = auto ] \
-      || die "CAFFE_CUDNN=1 but no cuDNN found (CUDNN_ROOT, $CUDA_HOME, /usr/include, or pip install nvidia-cudnn-cu13 into $PY_EXE's environment)"
-    [ -z "$CUDNN_VERSION" ] || [ "${CUDNN_VERSION%%.*}" -ge 5 ] || die "cuDNN $CUDNN_VERSION: Caffe needs cuDNN 5 or newer"
-  fi
-  [ -n "$CUDNN_VERSION" ] || cuda_args+=(-DUSE_CUDNN=OFF)
-fi
+# --- CUDA libraries and cuDNN (tools/caffe_cuda.sh) ---------------------------------------
+# shellcheck source=tools/caffe_cuda.sh
+. "$HERE/caffe_cuda.sh"
+cuda_args=() CUDNN_VERSION="" CUDNN_HEADER=""
+[ "$CUDA" = 0 ] || find_cuda_libraries
 
 MODE=$([ "$CUDA" = 1 ] && echo "cuda:${CUDA_ARCH_BIN// /,}${CUDNN_VERSION:++cudnn$CUDNN_VERSION}" || echo cpu)
-SCRIPT_SHA=$(cat "${BASH_SOURCE[0]}" "$HERE/caffe_bundle.sh" "$HERE"/caffe_fixes/* | sha256sum | cut -c1-16)
+SCRIPT_SHA=$(cat "${BASH_SOURCE[0]}" "$HERE"/caffe_{bundle,cuda}.sh "$HERE"/caffe_fixes/* | sha256sum | cut -c1-16)
 STAMP_TEXT="source=$SRC_VERSION mode=$MODE python=$PY_EXE/$PY_VER numpy=${NUMPY_VER%%.*} script=$SCRIPT_SHA${FROM:+ deps=bundle}"
 STAMP=$CAFFE_ROOT/.caffe-transfer-build
 
