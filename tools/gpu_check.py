@@ -32,10 +32,11 @@ from google.protobuf import text_format
 from caffe_transfer.common import caffe_env, protos
 from caffe_transfer.common.atomic import write_atomic
 from caffe_transfer.common.errors import CaffeTransferError
-from caffe_transfer.data.lmdb_builder import datum_parts, write_mean
+from caffe_transfer.data.lmdb.datum import datum_parts, write_mean
 from caffe_transfer.grid import plan
 from caffe_transfer.model.treatments import parse
 from caffe_transfer.runs import gen
+from caffe_transfer.runs.folder import SNAPSHOT_DIR, snapshot_file, snapshot_prefix
 from caffe_transfer.runs.logs import parse_file
 
 # (arch, images, iterations of the base, of each timed training, of `caffe time`)
@@ -113,7 +114,7 @@ def fed_from_memory(run: Path, name: str, noise: bool = True) -> Path:
             param.data_filler.add(type="uniform", min=0, max=CLASSES - 0.01)
     (run / f"{name}.prototxt").write_text(text_format.MessageToString(net))
     solver = (run / "solver.prototxt").read_text().replace('"train_val.prototxt"', f'"{name}.prototxt"')
-    solver = solver.replace(f'snapshot_prefix: "{gen.SNAPSHOT_DIR}/', f'snapshot_prefix: "{gen.SNAPSHOT_DIR}/{name}_')
+    solver = solver.replace(f'snapshot_prefix: "{SNAPSHOT_DIR}/', f'snapshot_prefix: "{SNAPSHOT_DIR}/{name}_')
     (run / f"{name}_solver.prototxt").write_text(solver)
     return run / f"{name}_solver.prototxt"
 
@@ -152,7 +153,7 @@ def train_transfer(cfg: dict, data: Path, out: Path, gpu: bool) -> dict:
     base = write_run(out / "half0A", "half0A", cfg, data, gpu, cfg["base_iter"])
     caffe(["train", "-solver", "solver.prototxt", *device], base, base / "train.log")
     run = write_run(out / "transfer0A0B_1_3", "transfer0A0B_1_3", cfg, data, gpu, cfg["train_iter"])
-    base_model = gen.final_snapshot(base, parse("half0A"), cfg["base_iter"])
+    base_model = base / snapshot_file(snapshot_prefix("half0A"), cfg["base_iter"])
     try:  # transplant needs pycaffe; without it Caffe's own --weights copies the same layers by name
         caffe_env.pycaffe()
     except CaffeTransferError as e:
@@ -166,7 +167,7 @@ def train_transfer(cfg: dict, data: Path, out: Path, gpu: bool) -> dict:
     wall = time.monotonic() - started
     memory = fed_from_memory(run, "memory")
     memory_text = caffe(["train", "-solver", memory.name, "-weights", init, *device], run, run / "memory.log")
-    final = gen.final_snapshot(run, parse("transfer0A0B_1_3"), cfg["train_iter"])
+    final = run / snapshot_file(snapshot_prefix("transfer0A0B_1_3"), cfg["train_iter"])
     before, after = blobs(Path(init)), blobs(final)
     roles = json.loads((run / "treatment.json").read_text())["layers"]
     frozen = [r["name"] for r in roles if r["frozen"]]
@@ -199,7 +200,7 @@ def agree(data: Path, out: Path, engine: str) -> dict:
         caffe(["train", "-solver", solver.name, *(["-gpu", 0] if gpu else [])], run, run / "step.log")
         losses = [row["loss"] for row in parse_file(run / "step.log").train if "loss" in row]
         runs[key] = (losses[0] if losses else float("nan"),
-                     blobs(next((run / gen.SNAPSHOT_DIR).glob("step_*_iter_1.caffemodel"))))
+                     blobs(next((run / SNAPSHOT_DIR).glob("step_*_iter_1.caffemodel"))))
     init, (cpu_loss, cpu), (gpu_loss, gpu) = runs["init"][1], runs["cpu"], runs["gpu"]
     step = max(float(np.max(np.abs(c - i))) for name in cpu for c, i in zip(cpu[name], init[name]))
     worst = max(float(np.max(np.abs(g - c))) for name in cpu for c, g in zip(cpu[name], gpu[name])) / (step or 1)
