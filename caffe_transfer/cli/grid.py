@@ -64,23 +64,18 @@ def plan(experiments, splits, out, force, options, slurm, estimate) -> None:
 
     Prints the number of runs, the critical path and, with --iter-seconds, GPU-hours and
     wall-clock time on --gpus GPUs."""
-    from caffe_transfer.grid import plan as plan_mod
+    from caffe_transfer.grid.make import make_plan
 
-    path = plan_mod.write_plan(out, plan_mod.select(experiments, splits), options, force=force)
-    runs = plan_mod.read_plan(out)
-    bases = sum(1 for r in runs if any(o.base == r.name for o in runs))
-    click.echo(f"wrote {len(runs)} run folders and {path}: {bases} bases with dependants, "
-               f"{sum(1 for r in runs if r.base)} transfers, {sum(r.max_iter for r in runs):,} iterations in all")
-    click.echo(f"critical path: {' -> '.join(plan_mod.critical_path(runs))}")
-    if slurm:
-        from caffe_transfer.grid.slurm import write_slurm
-
-        submit = write_slurm(out, runs, gpu=options.gpu, **slurm)
-        click.echo(f"wrote SLURM job arrays; submit them with {submit}")
-    if estimate:
-        e = plan_mod.estimate(runs, estimate["iter_seconds"], estimate["gpus"])
-        click.echo(f"at {estimate['iter_seconds']} s/iteration: {e['gpu_hours']:,.0f} GPU-hours "
-                   f"({e['gpu_hours'] / 24:,.1f} GPU-days); on {estimate['gpus']} GPU(s) {e['wall_hours']:,.0f} h "
+    p = make_plan(out, experiments, splits, options, force=force, slurm=slurm, cost=estimate)
+    click.echo(f"wrote {len(p.runs)} run folders and {p.path}: {p.bases} bases with dependants, "
+               f"{p.transfers} transfers, {p.iterations:,} iterations in all")
+    click.echo(f"critical path: {' -> '.join(p.critical_path)}")
+    if p.submit:
+        click.echo(f"wrote SLURM job arrays; submit them with {p.submit}")
+    if p.cost:
+        e = p.cost
+        click.echo(f"at {e['iter_seconds']} s/iteration: {e['gpu_hours']:,.0f} GPU-hours "
+                   f"({e['gpu_hours'] / 24:,.1f} GPU-days); on {e['gpus']} GPU(s) {e['wall_hours']:,.0f} h "
                    f"wall-clock (critical path {e['critical_path_hours']:,.0f} h)")
 
 
@@ -94,14 +89,11 @@ def run_all(plan_dir, gpus, cpu_workers, quiet) -> None:
 
     Finished runs are skipped and stopped ones resume; a failed run holds back only its
     dependants. Ctrl-C or SIGTERM makes every running Caffe snapshot before it stops."""
-    from caffe_transfer.grid.plan import read_plan
-    from caffe_transfer.grid.scheduler import run_grid
+    from caffe_transfer.grid.scheduler import run_plan
 
     if gpus and cpu_workers:
         raise click.UsageError("give --gpus or --cpu-workers, not both")
-    plan = read_plan(plan_dir)
-    result = run_grid([Path(plan_dir) / r.name for r in plan], workers=cpu_workers or 1, gpus=gpus,
-                      progress=not quiet, bases={r.name: r.base for r in plan})
+    result = run_plan(plan_dir, workers=cpu_workers or 1, gpus=gpus, progress=not quiet)
     report_grid(result)
     if not result.complete:
         raise SystemExit(1)

@@ -51,24 +51,20 @@ def describe(name: str, n: int | None, split: str | None) -> None:
 @net_options
 def gen(treatment, n, split, grid, out, base_weights, force, options) -> None:
     """Write solver, train/val and deploy prototxts and treatment.json for a treatment."""
-    from caffe_transfer.model.treatments import authors_grid, parse
+    from caffe_transfer.model.treatments import parse
+    from caffe_transfer.runs.gen import write_grid, write_runs
 
     options.base_weights = base_weights
     if grid:
         if treatment or n is not None or split is not None:
             raise click.UsageError("--all writes the whole grid: drop --treatment/--n/--split")
-        runs = {out / t.name: t for t in authors_grid()}
+        click.echo(f"wrote {len(write_grid(out, options, force=force))} run folders under {out}")
     elif treatment:
-        runs = {out: parse(treatment, n=n, split=split)}
+        t = parse(treatment, n=n, split=split)
+        write_runs({out: t}, options, force=force)
+        click.echo(f"wrote {t.describe()} to {out}")
     else:
         raise click.UsageError("gen needs --treatment NAME (e.g. AnB --n 3 --split 0) or --all")
-    from caffe_transfer.runs.gen import write_runs
-
-    written = write_runs(runs, options, force=force)
-    if grid:
-        click.echo(f"wrote {len(written)} run folders under {out}")
-    else:
-        click.echo(f"wrote {runs[out].describe()} to {out}")
 
 
 @click.command()

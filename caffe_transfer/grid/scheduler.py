@@ -21,7 +21,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from caffe_transfer.common.errors import CaffeTransferError
-from caffe_transfer.grid.plan import plan_runs, priority_order
+from caffe_transfer.grid.plan import plan_runs, priority_order, read_plan
 from caffe_transfer.runs.folder import SIGNALS, Run, State
 from caffe_transfer.runs.train import train
 
@@ -82,6 +82,14 @@ class _Live:
             for proc in self.procs:
                 if proc.poll() is None:
                     proc.send_signal(signal.SIGINT)
+
+
+def run_plan(plan_dir: str | Path, workers: int = 1, gpus: list[int] | None = None,
+             progress: bool = True) -> GridResult:
+    """`run_grid` over every run of a plan, with plan.json's dependency graph."""
+    runs = read_plan(plan_dir)
+    return run_grid([Path(plan_dir) / r.name for r in runs], workers=workers, gpus=gpus, progress=progress,
+                    bases={r.name: r.base for r in runs})
 
 
 def run_grid(run_dirs: list[str | Path], workers: int = 1, gpus: list[int] | None = None,

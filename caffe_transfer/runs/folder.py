@@ -30,7 +30,13 @@ from caffe_transfer.common.errors import CaffeTransferError
 from caffe_transfer.model.architectures import architecture
 from caffe_transfer.model.treatments import Kind, LayerRole, Treatment, parse
 from caffe_transfer.runs.lock import LOCK, Lock, holder
-from caffe_transfer.runs.records import SESSION, SOLVER, STATE_WRITTEN, Fingerprint, written
+from caffe_transfer.runs.records import (
+    SESSION,
+    SOLVER,
+    STATE_WRITTEN,
+    Fingerprint,
+    written,
+)
 
 DESCRIPTION = "treatment.json"
 LOG = "train.log"

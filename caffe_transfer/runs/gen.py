@@ -33,9 +33,14 @@ from caffe_transfer.model.architectures import (
     with_engine,
 )
 from caffe_transfer.model.solvers import solver_values
-from caffe_transfer.model.treatments import Kind, Treatment
+from caffe_transfer.model.treatments import Kind, Treatment, authors_grid
 from caffe_transfer.runs import folder
-from caffe_transfer.runs.folder import SNAPSHOT_DIR, has_snapshots, snapshot_file, snapshot_prefix
+from caffe_transfer.runs.folder import (
+    SNAPSHOT_DIR,
+    has_snapshots,
+    snapshot_file,
+    snapshot_prefix,
+)
 from caffe_transfer.runs.lock import holder
 from caffe_transfer.runs.records import NET, SOLVER, Fingerprint
 
@@ -282,3 +287,8 @@ def write_runs(runs: dict[Path, Treatment], options: GenOptions, force: bool = F
         except OSError as e:
             raise CaffeTransferError(f"cannot write run folder {out_dir}: {e.strerror or e}") from None
     return list(rendered)
+
+
+def write_grid(out: str | Path, options: GenOptions, force: bool = False) -> list[Path]:
+    """The authors' 170 run folders under `out`, each named as they named it."""
+    return write_runs({Path(out) / t.name: t for t in authors_grid()}, options, force=force)
