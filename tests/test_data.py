@@ -34,7 +34,7 @@ from caffe_transfer.data.lmdb import (
     workers,
     writer,
 )
-from caffe_transfer.data.lmdb.datum import relabel
+from caffe_transfer.data.lmdb.datum import relabel, relabel_in_place
 from caffe_transfer.data.lmdb.decode import Converter
 
 HALF0A_VALID_MD5 = "2f10009e20d77eb7007cf70674958b94"  # published by the authors
@@ -234,6 +234,17 @@ def test_raw_datums_from_shared_memory_are_caffe_pb2s_own_bytes(tmp_path, pb2):
             expected = pb2.Datum.FromString(datum.SerializeToString())
             expected.label = new
             assert relabel(memoryview(datum.SerializeToString()), datum.label, new) == expected.SerializeToString()
+            old = datum.SerializeToString()
+            cell = memoryview(bytearray(old + b"\0" * 16))  # in a slot's cell: relabelled where it lies
+            end = relabel_in_place(cell, len(old), datum.label, new)
+            assert cell[:end].tobytes() == expected.SerializeToString()
+            tight = memoryview(bytearray(old))  # no room for a longer label: left as it was
+            if len(expected.SerializeToString()) > len(old):
+                assert relabel_in_place(tight, len(old), datum.label, new) is None
+                assert tight.tobytes() == old
+            else:
+                assert relabel_in_place(tight, len(old), datum.label, new) == end
+                assert tight[:end].tobytes() == expected.SerializeToString()
 
 
 def _contents(path: Path) -> dict[bytes, bytes]:
