@@ -34,7 +34,7 @@ from caffe_transfer.data.lmdb import (
     workers,
     writer,
 )
-from caffe_transfer.data.lmdb.datum import relabel, relabel_in_place
+from caffe_transfer.data.lmdb.datum import relabel, relabel_in_place, write_mean
 from caffe_transfer.data.lmdb.decode import Converter
 
 HALF0A_VALID_MD5 = "2f10009e20d77eb7007cf70674958b94"  # published by the authors
@@ -228,6 +228,11 @@ def test_raw_datums_from_shared_memory_are_caffe_pb2s_own_bytes(tmp_path, pb2):
         head, tail = datum_parts(c, h, w, label)
         data = bytes(c * h * w)
         assert head + data + tail == pb2.Datum(channels=c, height=h, width=w, data=data, label=label).SerializeToString()
+    total = np.arange(3 * 5 * 4, dtype=np.float64).reshape(3, 5, 4) * 1.7
+    write_mean(tmp_path / "mean.binaryproto", total, 3)  # its floats appended by hand: caffe_pb2's bytes
+    blob = pb2.BlobProto(num=1, channels=3, height=5, width=4)
+    blob.data.extend((total / 3).astype(np.float32).ravel().tolist())
+    assert (tmp_path / "mean.binaryproto").read_bytes() == blob.SerializeToString()
     for datum in (pb2.Datum(channels=3, height=2, width=2, data=bytes(12), label=7),
                   pb2.Datum(data=b"\xff\xd8\xff jpeg", label=300, encoded=True)):
         for new in (0, 5, 2 ** 31 - 1, -1):

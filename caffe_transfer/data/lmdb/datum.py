@@ -20,6 +20,7 @@ from caffe_transfer.common.caffe_env import caffe_pb2
 SUM_DTYPE = np.uint16  # a chunk's pixel sum: at most 16 x 255 < 2**16 (see workers.CHUNK)
 HEADER_MAX = 32  # bytes of a raw Datum besides its pixels: at most 16 for the sizes, 11 for any label
 _LABEL, _ENCODED, _UINT64 = b"\x28", b"\x38\x01", 0xFFFFFFFFFFFFFFFF  # field 5 (label); field 7 true
+_DATA = b"\x2a"  # BlobProto's field 5, packed
 
 
 def _varint(value: int) -> bytes:
@@ -75,12 +76,13 @@ class Slots:
 
 
 def write_mean(path: Path, total: np.ndarray, count: int) -> None:
-    """A BlobProto (num=1, C,H,W float) as compute_image_mean writes it."""
-    mean = (total / count).astype(np.float32)
+    """A BlobProto (num=1, C,H,W float) as compute_image_mean writes it. Its packed floats (field
+    5, after the sizes) are appended as bytes: caffe_pb2 would take them one Python float at a
+    time, 12 ms for a 256x256 mean, as much as writing 50 Datums (a test checks the bytes)."""
+    mean = (total / count).astype("<f4")
     c, h, w = mean.shape
-    blob = caffe_pb2().BlobProto(num=1, channels=c, height=h, width=w)
-    blob.data.extend(mean.ravel().tolist())
-    write_atomic(path, blob.SerializeToString())
+    head = caffe_pb2().BlobProto(num=1, channels=c, height=h, width=w).SerializeToString()
+    write_atomic(path, b"".join((head, _DATA, _varint(mean.nbytes), mean.tobytes())))
 
 
 def read_mean(path: str | Path) -> np.ndarray:
