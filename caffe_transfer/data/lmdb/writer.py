@@ -42,6 +42,7 @@ class State:
         self.db = env.open_db(STATE_DB)
         self.next, self.count, self.sum, self.skipped, self.warned, self.mixed = 0, 0, None, [], [], False
         self.listed_bytes = 0
+        self.sum_saved = True  # whether the LMDB holds the sum as it is here
         with env.begin(db=self.db) as txn:
             raw = txn.get(b"state")
             if raw:
@@ -70,6 +71,7 @@ class State:
             self.mixed, self.sum = True, None
             return
         self.sum += total
+        self.sum_saved = False
 
     def footprint(self, total: np.ndarray | None) -> int:
         """Map bytes a save may add once `total` is folded in (the old sum's pages are only free
@@ -82,8 +84,9 @@ class State:
                 "mixed": self.mixed,
                 "shape": list(self.sum.shape) if self.sum is not None else None}
         txn.put(b"state", json.dumps(meta).encode(), db=self.db)
-        if self.sum is not None:
-            txn.put(b"sum", self.sum.tobytes(), db=self.db)
+        if self.sum is not None and not self.sum_saved:  # 1.5 MB for 256x256: not again for an LMDB
+            txn.put(b"sum", self.sum.tobytes(), db=self.db)  # that got no image since (most, in a pass)
+            self.sum_saved = True
 
 
 class Flusher:
