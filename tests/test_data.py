@@ -611,6 +611,36 @@ def test_a_second_build_on_the_same_output_is_refused_by_the_lock(tmp_path, monk
     assert json.loads((out / "COMPLETE").read_text())["written"] == 200
 
 
+def test_the_lock_dies_with_its_build_not_with_a_worker_still_finishing_a_chunk(tmp_path):
+    """A killed build's decoders may still be converting a chunk for a moment; run again at once,
+    the build must not find its OUT_DIR locked by them."""
+    import multiprocessing
+
+    def target_of(out):
+        return target.Target(tmp_path / "list.txt", out, [], {})
+
+    first = target_of(tmp_path / "out")
+    first.lock()
+    context = multiprocessing.get_context("fork")
+    started = context.Event()
+
+    def decode():
+        started.set()
+        time.sleep(30)
+
+    worker = context.Process(target=decode, daemon=True)
+    worker.start()  # a decoder, forked while the lock is held
+    try:
+        assert started.wait(30)
+        first.unlock()  # the build is gone (killed: the kernel closes its fds)
+        again = target_of(tmp_path / "out")
+        again.lock()
+        again.unlock()
+    finally:
+        worker.kill()
+        worker.join()
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A 2 MB file system of its own (tmpfs; needs root), grown with `grow(MB)`."""

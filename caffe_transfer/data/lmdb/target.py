@@ -30,6 +30,18 @@ from caffe_transfer.data.lmdb.writer import Flusher, State
 SETTINGS = "caffe-transfer-settings.json"
 LOCK = "make-lmdb.lock"
 INITIAL_MAP_SIZE = 1 << 30  # grown, by doubling, between transactions
+_HELD: set[int] = set()  # this process's lock fds
+
+
+def _close_held_locks() -> None:
+    """In a forked child (a decoder), close its copies of the locks: a lock dies with its build,
+    not with the last worker still finishing a chunk after the build was killed."""
+    for fd in _HELD:
+        os.close(fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_held_locks)
 _OPTION_NAMES = {"list_sha256": "list contents", "resize": "--resize", "gray": "--gray", "encoded": "--encoded",
                  "shuffle": "--no-shuffle", "seed": "--seed", "entries": "images listed", "list": "list"}
 
@@ -126,6 +138,7 @@ class Target:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
         self._lock = fd
+        _HELD.add(fd)
 
     def open(self, force: bool) -> None:
         """Open (or start) OUT_DIR/lmdb.partial of these settings and its progress."""
@@ -193,5 +206,6 @@ class Target:
 
     def unlock(self) -> None:
         if self._lock is not None:
+            _HELD.discard(self._lock)
             os.close(self._lock)
             self._lock = None
