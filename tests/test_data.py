@@ -34,7 +34,7 @@ from caffe_transfer.data.lmdb import (
     workers,
     writer,
 )
-from caffe_transfer.data.lmdb.datum import relabel
+from caffe_transfer.data.lmdb.datum import relabel, relabel_in_place, write_mean
 from caffe_transfer.data.lmdb.decode import Converter
 
 HALF0A_VALID_MD5 = "2f10009e20d77eb7007cf70674958b94"  # published by the authors
@@ -228,12 +228,28 @@ def test_raw_datums_from_shared_memory_are_caffe_pb2s_own_bytes(tmp_path, pb2):
         head, tail = datum_parts(c, h, w, label)
         data = bytes(c * h * w)
         assert head + data + tail == pb2.Datum(channels=c, height=h, width=w, data=data, label=label).SerializeToString()
+    total = np.arange(3 * 5 * 4, dtype=np.float64).reshape(3, 5, 4) * 1.7
+    write_mean(tmp_path / "mean.binaryproto", total, 3)  # its floats appended by hand: caffe_pb2's bytes
+    blob = pb2.BlobProto(num=1, channels=3, height=5, width=4)
+    blob.data.extend((total / 3).astype(np.float32).ravel().tolist())
+    assert (tmp_path / "mean.binaryproto").read_bytes() == blob.SerializeToString()
     for datum in (pb2.Datum(channels=3, height=2, width=2, data=bytes(12), label=7),
                   pb2.Datum(data=b"\xff\xd8\xff jpeg", label=300, encoded=True)):
         for new in (0, 5, 2 ** 31 - 1, -1):
             expected = pb2.Datum.FromString(datum.SerializeToString())
             expected.label = new
             assert relabel(memoryview(datum.SerializeToString()), datum.label, new) == expected.SerializeToString()
+            old = datum.SerializeToString()
+            cell = memoryview(bytearray(old + b"\0" * 16))  # in a slot's cell: relabelled where it lies
+            end = relabel_in_place(cell, len(old), datum.label, new)
+            assert cell[:end].tobytes() == expected.SerializeToString()
+            tight = memoryview(bytearray(old))  # no room for a longer label: left as it was
+            if len(expected.SerializeToString()) > len(old):
+                assert relabel_in_place(tight, len(old), datum.label, new) is None
+                assert tight.tobytes() == old
+            else:
+                assert relabel_in_place(tight, len(old), datum.label, new) == end
+                assert tight[:end].tobytes() == expected.SerializeToString()
 
 
 def _contents(path: Path) -> dict[bytes, bytes]:
@@ -593,6 +609,36 @@ def test_a_second_build_on_the_same_output_is_refused_by_the_lock(tmp_path, monk
     assert second.returncode == 1 and second.stderr.count("\n") == 1, second.stderr
     assert f"{out} is being built by another make-lmdb (pid {os.getpid()})" in second.stderr
     assert json.loads((out / "COMPLETE").read_text())["written"] == 200
+
+
+def test_the_lock_dies_with_its_build_not_with_a_worker_still_finishing_a_chunk(tmp_path):
+    """A killed build's decoders may still be converting a chunk for a moment; run again at once,
+    the build must not find its OUT_DIR locked by them."""
+    import multiprocessing
+
+    def target_of(out):
+        return target.Target(tmp_path / "list.txt", out, [], {})
+
+    first = target_of(tmp_path / "out")
+    first.lock()
+    context = multiprocessing.get_context("fork")
+    started = context.Event()
+
+    def decode():
+        started.set()
+        time.sleep(30)
+
+    worker = context.Process(target=decode, daemon=True)
+    worker.start()  # a decoder, forked while the lock is held
+    try:
+        assert started.wait(30)
+        first.unlock()  # the build is gone (killed: the kernel closes its fds)
+        again = target_of(tmp_path / "out")
+        again.lock()
+        again.unlock()
+    finally:
+        worker.kill()
+        worker.join()
 
 
 @pytest.fixture

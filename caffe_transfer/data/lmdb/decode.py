@@ -194,7 +194,7 @@ class Converter:
                 continue
             records.append(Written(item.position, item.path, payload, self.new_stderr()))
             if isinstance(payload, Span):
-                offset += payload.length
+                offset += self.slots.stride
             if total is None and not mixed:
                 total = self.slots.sum_view(slot) if self.slots is not None else np.empty(chw.shape, SUM_DTYPE)
                 total[...] = 0

@@ -44,7 +44,7 @@ def _per_image(root: Path, paths: list[str], options: BuildOptions) -> tuple[flo
                 payload, _ = converter.one(Item(0, path, 0), 0, 0)
             except Exception:  # noqa: BLE001 - an unreadable image is the build's to report
                 continue
-            bytes_.append(footprint(f"{0:08d}_{path}".encode(), payload))
+            bytes_.append(footprint(f"{0:08d}_{path}".encode(), len(payload)))
         sizes.append(sum(bytes_) / len(bytes_) if bytes_ else 0.0)
     return sizes[0], sizes[1]
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Callable, Iterable
 import lmdb
 import numpy as np
 
-from caffe_transfer.data.lmdb.datum import Slots, Span, relabel
+from caffe_transfer.data.lmdb.datum import Slots, Span, relabel, relabel_in_place
 from caffe_transfer.data.lmdb.decode import Item, Skipped
 from caffe_transfer.data.lmdb.workers import Converted
 
@@ -42,6 +42,7 @@ class State:
         self.db = env.open_db(STATE_DB)
         self.next, self.count, self.sum, self.skipped, self.warned, self.mixed = 0, 0, None, [], [], False
         self.listed_bytes = 0
+        self.sum_saved = True  # whether the LMDB holds the sum as it is here
         with env.begin(db=self.db) as txn:
             raw = txn.get(b"state")
             if raw:
@@ -70,6 +71,7 @@ class State:
             self.mixed, self.sum = True, None
             return
         self.sum += total
+        self.sum_saved = False
 
     def footprint(self, total: np.ndarray | None) -> int:
         """Map bytes a save may add once `total` is folded in (the old sum's pages are only free
@@ -82,8 +84,9 @@ class State:
                 "mixed": self.mixed,
                 "shape": list(self.sum.shape) if self.sum is not None else None}
         txn.put(b"state", json.dumps(meta).encode(), db=self.db)
-        if self.sum is not None:
-            txn.put(b"sum", self.sum.tobytes(), db=self.db)
+        if self.sum is not None and not self.sum_saved:  # 1.5 MB for 256x256: not again for an LMDB
+            txn.put(b"sum", self.sum.tobytes(), db=self.db)  # that got no image since (most, in a pass)
+            self.sum_saved = True
 
 
 class Flusher:
@@ -127,10 +130,11 @@ def _room(env: lmdb.Environment) -> int:
     return info["map_size"] - (info["last_pgno"] + 1) * env.stat()["psize"]
 
 
-def footprint(key: bytes, value) -> int:
-    """An upper bound on the map bytes one record takes: its value's overflow pages plus its key
-    and node in a leaf page, and a share of the branch pages above."""
-    return (len(value) // _PAGE + 2) * _PAGE + 2 * len(key) + 64
+def footprint(key: bytes, length: int) -> int:
+    """An upper bound on the map bytes one record takes (a value of `length` bytes, or of a few
+    more for another label): its value's overflow pages plus its key and node in a leaf page, and
+    a share of the branch pages above."""
+    return (length // _PAGE + 2) * _PAGE + 2 * len(key) + 64
 
 
 def first_written(env: lmdb.Environment) -> Item | None:
@@ -172,6 +176,38 @@ class Sums:
             for t in owners:
                 self.states[t].add(total, False)
         self.held.clear()
+
+
+class Datums:
+    """A chunk's Datums, each handed out with the label of the LMDB it goes into next. One in a
+    slot is relabelled where it lies (LMDB copies a value when it is put, so the slot is free to
+    change until the next put); one in bytes, or without room for its new label, is copied."""
+
+    def __init__(self, slots: Slots | None, slot: int | None):
+        self.slots, self.slot = slots, slot
+        self.held: list[list] = []  # per Datum: its bytes or cell, its length, its label, whether in a slot
+
+    def add(self, payload: bytes | Span, label: int) -> int:
+        in_slot = isinstance(payload, Span)
+        self.held.append([self.slots.cell(self.slot, payload) if in_slot else payload,
+                          payload.length if in_slot else len(payload), label, in_slot])
+        return len(self.held) - 1
+
+    def length(self, d: int) -> int:
+        return self.held[d][1]
+
+    def get(self, d: int, label: int) -> bytes | memoryview:
+        """Datum `d` labelled `label`, valid until the next `get` of `d`."""
+        held = self.held[d]
+        data, length, old, in_slot = held
+        if label != old and in_slot:
+            end = relabel_in_place(data, length, old, label)
+            if end is not None:
+                length = held[1] = end
+                old = held[2] = label
+        if label == old:
+            return data[:length] if in_slot else data
+        return relabel(data[:length] if in_slot else data, old, label)
 
 
 Members = Callable[[int], list[tuple[int, int, int]]]  # position -> (target, key number, label) per LMDB
@@ -221,12 +257,10 @@ def write(targets: list[Target], members: Members, results: Iterable[Converted],
     try:
         for slot, result in results:
             total = slots.sum_view(slot) if result.sum_in_slot else result.total
-            records = [record._replace(payload=slots.view(slot, record.payload))
-                       if not isinstance(record, Skipped) and isinstance(record.payload, Span) else record
-                       for record in result.records]
-            puts: dict[int, list[tuple[bytes, bytes]]] = {t: [] for t, _, _ in members(records[0].position)
-                                                           if targets[t].state.next <= result.last}
-            for record in records:
+            datums = Datums(slots, slot)
+            puts: dict[int, list[tuple[bytes, int, int]]] = {t: [] for t, _, _ in members(result.records[0].position)
+                                                             if targets[t].state.next <= result.last}
+            for record in result.records:
                 if isinstance(record, Skipped):
                     say(f"{record.path}: skipped: {record.reason}")
                     for t, _, _ in members(record.position):
@@ -236,25 +270,24 @@ def write(targets: list[Target], members: Members, results: Iterable[Converted],
                 if record.warning:
                     say(f"{record.path}: written, with a decoder warning: {record.warning}")
                 own = members(record.position)
+                d = datums.add(record.payload, own[0][2])
                 for t, number, label in own:
                     if t in puts:
-                        payload = record.payload if label == own[0][2] else relabel(record.payload, own[0][2], label)
-                        puts[t].append((f"{number:08d}_{record.path}".encode(), payload))
+                        puts[t].append((f"{number:08d}_{record.path}".encode(), d, label))
                         if record.warning:
                             targets[t].state.note(targets[t].state.warned, record.path, record.warning)
-            need = {t: sum(footprint(k, v) for k, v in items) + targets[t].state.footprint(total)
+            need = {t: sum(footprint(key, datums.length(d)) for key, d, _ in items) + targets[t].state.footprint(total)
                     for t, items in puts.items()}
             if any(txns[t] is not None and need[t] > room[t] for t in puts):
                 commit()
             for t, items in puts.items():
                 begin(t, need[t])
-                state = targets[t].state
-                for key, payload in items:
-                    txns[t].put(key, payload)
-                state.count += len(items)
+                items.sort()  # in key order: one C loop, and each leaf page touched once
+                txns[t].cursor().putmulti([(key, datums.get(d, label)) for key, d, label in items])
+                targets[t].state.count += len(items)
                 room[t] -= need[t]
             sums.add(tuple(puts), total, result.mixed)
-            del records, total  # views into the slot, which is reused once the next result is asked for
+            del datums, total  # views into the slot, which is reused once the next result is asked for
             passed = result.last + 1
             done += len(result.records)
             put += sum(len(items) for items in puts.values())
