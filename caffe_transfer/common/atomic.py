@@ -12,6 +12,10 @@ def write_atomic(path: str | Path, data: str | bytes, mode: int = 0o666) -> None
 
     The file gets `mode` less the umask, as `open` would give it (mkstemp alone makes it 0600)."""
     path = Path(path)
+    if path.exists() and not path.is_file():  # a device or a pipe (/dev/null, /dev/stdout): write
+        with open(path, "wb" if isinstance(data, bytes) else "w") as f:  # into it, never replace it
+            f.write(data)
+        return
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
