@@ -97,7 +97,7 @@ def test_the_report_has_all_its_parts(quick_demo):
     assert all(v is not None for family in ("BnB", "BnB+", "AnB", "AnB+") for v in summary["layers"][family])
     assert summary["table1"]["1-7"]["over_baseB"] is not None
     findings = (report / "findings.md").read_text()
-    assert findings.count("\n## ") == 6 and "Fragile co-adaptation" in findings
+    assert findings.count("\n## ") == 5 and "Fragile co-adaptation" in findings
     assert len((report / "runs.csv").read_text().splitlines()) == 31
 
 

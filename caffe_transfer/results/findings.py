@@ -1,102 +1,208 @@
-"""The paper's findings, one by one, checked against a report's numbers (the demo's, or any grid).
+"""The paper's findings, one by one, judged on a report's runs (the demo's, or any grid).
 
-Each finding states what the paper found, what these runs measured, and whether the measurement
-shows it. A difference smaller than `NOISE` counts as no difference: at small scale every point
-is one run scored on a few hundred validation images.
+The rules were written before any run of the demo was looked at, and are not tuned to one.
+Each finding is a few comparisons between groups of runs (a treatment at a range of n, or the
+base), with the control the paper itself uses:
+
+- Fragile co-adaptation: BnB at n = 3..5 below the base; BnB at n = 1..2 and at n = 7 level
+  with it (frozen self-copied layers cost nothing low down or at the top, and something in the
+  middle, where co-adapted neurons were cut apart).
+- Specificity of higher layers: AnB below BnB at n = 5..7, and that gap larger than at n = 1..2
+  (transferred features hurt more the higher they come from).
+- Transfer plus fine-tuning generalizes better: AnB+ (n = 1..7) above the base AND above BnB+,
+  the selffer that trained exactly as long; beating only the base could be extra training.
+- Dissimilar tasks transfer worse: at n = 7 the dissimilar split's AnB drops further below its
+  own base than the random halves' AnB below theirs.
+- Random frozen filters are poor: the full net minus random-frozen at n = 3..7 is above zero,
+  and larger than at n = 1..2 (they cost little low down and much from n = 3).
+
+The noise is measured, not assumed: the spread is the pooled standard deviation of the scores of
+repeated runs of the same treatment and n (the random splits, or seeds). A comparison of group
+means counts only beyond Z = 2 standard errors of that spread; "level" means within it. A finding
+"shows" when every comparison goes its way; "does not show" when one goes the other way beyond
+the spread; otherwise it is "inconclusive" (among others when no point was repeated, so no spread
+was measured).
 """
 
 from __future__ import annotations
 
+import math
+import statistics
+from dataclasses import dataclass
 from pathlib import Path
 
 from caffe_transfer.common.atomic import write_atomic
 
-NOISE = 0.01
+Z = 2.0
+RANDOM_SPLITS = ("0", "1", "2", "3")
+SHOWS, NOT, INCONCLUSIVE, UNMEASURED = "shows", "does not show", "inconclusive", "not measured"
 
 
-def _f(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
+@dataclass(frozen=True)
+class Group:
+    """Scores of the runs one side of a comparison averages (e.g. BnB at n = 3..5)."""
+
+    label: str
+    scores: tuple[float, ...]
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.fmean(self.scores) if self.scores else None
+
+
+@dataclass(frozen=True)
+class Condition:
+    """`sum(sign * group mean)` is expected to be "above" zero, "below" it, or "level" with it."""
+
+    what: str
+    terms: tuple[tuple[float, Group], ...]
+    expected: str
+
+    def value(self) -> float | None:
+        if any(not g.scores for _, g in self.terms):
+            return None
+        return sum(sign * g.mean for sign, g in self.terms)
+
+    def margin(self, sd: float | None) -> float | None:
+        """Z standard errors of the value, from the pooled run-to-run spread."""
+        if sd is None or self.value() is None:
+            return None
+        return Z * sd * math.sqrt(sum(sign ** 2 / len(g.scores) for sign, g in self.terms))
+
+    def outcome(self, sd: float | None) -> str:
+        """"holds", "contradicted" or "unclear" (within the spread, or no spread measured)."""
+        value, margin = self.value(), self.margin(sd)
+        if value is None:
+            return UNMEASURED
+        if margin is None:
+            return "unclear"
+        beyond = abs(value) > margin
+        if self.expected == "level":
+            return "contradicted" if beyond else "holds"
+        if not beyond:
+            return "unclear"
+        return "holds" if (value > 0) == (self.expected == "above") else "contradicted"
+
+
+def verdict(conditions: list[Condition], sd: float | None) -> str:
+    outcomes = [c.outcome(sd) for c in conditions]
+    if UNMEASURED in outcomes:
+        return UNMEASURED
+    if "contradicted" in outcomes:
+        return NOT
+    if all(o == "holds" for o in outcomes):
+        return SHOWS
+    return INCONCLUSIVE
+
+
+def groups_of(summary: dict) -> dict[tuple, list[float]]:
+    """Run scores by (family, split kind, target half, n): the repeats of one point. The kind is
+    "halves" (random splits 0..3; as in the paper, AnB pools A->B and B->A), "natman" or "whole"."""
+    out: dict[tuple, list[float]] = {}
+    for run in summary["runs"]:
+        if run["score"] is None:
+            continue
+        kind = "halves" if run["split"] in RANDOM_SPLITS else run["split"] or "whole"
+        half = None if kind == "halves" and run["family"] != "base" else run["half"]
+        out.setdefault((run["family"], kind, half, run["n"]), []).append(run["score"])
+    return out
+
+
+def pooled_sd(groups: dict[tuple, list[float]]) -> float | None:
+    """The pooled within-group standard deviation over every point that was repeated."""
+    repeated = [g for g in groups.values() if len(g) > 1]
+    dof = sum(len(g) - 1 for g in repeated)
+    if not dof:
+        return None
+    return math.sqrt(sum((len(g) - 1) * statistics.variance(g) for g in repeated) / dof)
+
+
+def conditions(summary: dict) -> dict[str, tuple[str, list[Condition]]]:
+    """Finding -> (the paper's result, the comparisons that judge it here)."""
+    groups = groups_of(summary)
+    base_half = summary.get("base_half")
+
+    def pick(label: str, family: str, kind: str = "halves", half: str | None = None, ns=(None,)) -> Group:
+        return Group(label, tuple(s for (f, k, h, n), v in groups.items() for s in v
+                                  if f == family and k == kind and n in ns and half in (None, h)))
+
+    def at(family: str, ns: tuple[int, ...], kind: str = "halves") -> Group:
+        return pick(f"{family} n={ns[0]}" + (f"..{ns[-1]}" if len(ns) > 1 else ""), family, kind, ns=ns)
+
+    base = pick("base" + (base_half or ""), "base", half=base_half)
+    low, middle, high, all_n = (1, 2), (3, 4, 5), (5, 6, 7), tuple(range(1, 8))
+    full = pick("full net", "full", "whole")
+    rnd_low, rnd_high = at("random", low, "whole"), at("random", (3, 4, 5, 6, 7), "whole")
+    # The dissimilar split's drop: the mean over its target halves (those trained) of base - AnB at n = 7.
+    natman = [(pick(f"dissimilar base {h}", "base", "natman", h),
+               pick(f"dissimilar AnB n=7 to {h}", "AnB", "natman", h, (7,))) for h in "AB"]
+    natman = [pair for pair in natman if pair[1].scores] or natman[1:]
+    dissimilar_drop = tuple(term for b, t in natman for term in ((1 / len(natman), b), (-1 / len(natman), t)))
+    return {
+        "Fragile co-adaptation": (
+            "BnB drops below the base at n = 3..5 and is level with it at n = 1..2 and 7", [
+                Condition("BnB n=3..5 minus base", ((1, at("BnB", middle)), (-1, base)), "below"),
+                Condition("BnB n=1..2 minus base", ((1, at("BnB", low)), (-1, base)), "level"),
+                Condition("BnB n=7 minus base", ((1, at("BnB", (7,))), (-1, base)), "level")]),
+        "Specificity of higher layers": (
+            "AnB falls below BnB as n grows (0 points at n = 1..2, up to 8 at n = 7)", [
+                Condition("BnB minus AnB at n=5..7", ((1, at("BnB", high)), (-1, at("AnB", high))), "above"),
+                Condition("that gap minus the gap at n=1..2",
+                          ((1, at("BnB", high)), (-1, at("AnB", high)), (-1, at("BnB", low)), (1, at("AnB", low))), "above")]),
+        "Transfer plus fine-tuning generalizes better": (
+            "AnB+ beats the base (+1.6 points over n = 1..7) and BnB+ (+1.4), which trained as long", [
+                Condition("AnB+ n=1..7 minus base", ((1, at("AnB+", all_n)), (-1, base)), "above"),
+                Condition("AnB+ minus BnB+ at n=1..7", ((1, at("AnB+", all_n)), (-1, at("BnB+", all_n))),
+                          "above")]),
+        "Dissimilar tasks transfer worse": (
+            "at n = 7 AnB drops 8 points below the base between random halves, 25 between natural and man-made", [
+                Condition("drop at n=7, dissimilar split minus random halves",
+                          dissimilar_drop + ((-1, base), (1, at("AnB", (7,)))), "above")]),
+        "Random frozen filters are poor": (
+            "freezing random filters costs little at n = 1..2 and much from n = 3 (near chance)", [
+                Condition("full net minus random n=3..7", ((1, full), (-1, rnd_high)), "above"),
+                Condition("that cost minus the cost at n=1..2", ((-1, rnd_high), (1, rnd_low)), "above")]),
+    }
 
 
 def _pp(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:+.1f} points"
-
-
-def _mean(values: list[float | None]) -> float | None:
-    values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else None
+    return "n/a" if value is None else f"{100 * value:+.1f}"
 
 
 def findings(summary: dict) -> list[dict]:
-    """[{finding, paper, measured, verdict}] for each finding the summary has numbers for."""
-    base = summary["base_mean"]
-    layers = summary["layers"]
+    """[{finding, paper, verdict, sd, conditions: [{what, expected, value, margin, outcome, groups}]}]."""
+    sd = pooled_sd(groups_of(summary))
     out = []
-
-    def add(finding: str, paper: str, measured: str, shows: bool | None) -> None:
-        verdict = "not measured" if shows is None else ("shows" if shows else "does not show")
-        out.append({"finding": finding, "paper": paper, "measured": measured, "verdict": verdict})
-
-    bnb = layers["BnB"]
-    middle = [v for v in bnb[2:6] if v is not None]  # n = 3..6
-    dip = None if base is None or not middle else base - min(middle)
-    add("Fragile co-adaptation",
-        "BnB (frozen lower layers, upper ones retrained on the same task) drops below the base at "
-        "n = 3..6 and recovers at n = 6..7",
-        f"base {_f(base)}; BnB n=1..7 {' '.join(_f(v) for v in bnb)}; deepest dip at n=3..6 {_pp(dip)}",
-        None if dip is None else dip > NOISE)
-
-    anb = layers["AnB"]
-    fall = None if anb[0] is None or anb[-1] is None else anb[0] - anb[-1]
-    gap = _mean([None if a is None or b is None else b - a for a, b in zip(anb[4:], bnb[4:])])
-    add("Specificity of higher layers",
-        "AnB (frozen layers from the other half) falls as n grows, below BnB at n = 5..7",
-        f"AnB n=1..7 {' '.join(_f(v) for v in anb)}; n=1 minus n=7 {_pp(fall)}; BnB minus AnB at n=5..7 {_pp(gap)}",
-        None if fall is None or gap is None else fall > NOISE and gap > NOISE)
-
-    boost = summary["table1"]["1-7"]
-    add("Transfer plus fine-tuning generalizes better",
-        "AnB+ beats the base (+1.6 points over n = 1..7) and BnB+ (+1.4)",
-        f"AnB+ n=1..7 {' '.join(_f(v) for v in layers['AnB+'])}; over base {_pp(boost['over_baseB'])}, "
-        f"over BnB+ {_pp(boost['over_BnB+'])}",
-        None if boost["over_baseB"] is None else boost["over_baseB"] > NOISE)
-
-    bnbp = _mean(layers["BnB+"])
-    off = None if bnbp is None or base is None else bnbp - base
-    add("Fine-tuning the selffer recovers the base",
-        "BnB+ matches the base at every n",
-        f"BnB+ n=1..7 {' '.join(_f(v) for v in layers['BnB+'])}; mean minus base {_pp(off)}",
-        None if off is None else abs(off) <= NOISE)
-
-    drops = summary["drops_at_7"]
-    add("Dissimilar tasks transfer worse",
-        "at n = 7 AnB drops 8 points below the base between random halves, 25 between natural "
-        "and man-made",
-        f"drop at n=7: similar halves {_pp(drops['similar'])}, dissimilar split {_pp(drops['dissimilar'])}",
-        None if drops["similar"] is None or drops["dissimilar"] is None
-        else drops["dissimilar"] - drops["similar"] > NOISE)
-
-    rnd = summary["random"]
-    low = [v for v in rnd["layers"][2:] if v is not None]
-    worse = None if not low or rnd["base"] is None else rnd["base"] - max(low)
-    add("Random frozen filters are poor",
-        "freezing random filters costs little at n = 1..2 and much from n = 3 (near chance)",
-        f"full net {_f(rnd['base'])}; random n=1..7 {' '.join(_f(v) for v in rnd['layers'])}; "
-        f"full net minus best of n=3..7 {_pp(worse)}",
-        None if worse is None else worse > NOISE)
+    for name, (paper, conds) in conditions(summary).items():
+        rows = [{"what": c.what, "expected": c.expected, "value": c.value(), "margin": c.margin(sd),
+                 "outcome": c.outcome(sd),
+                 "groups": {g.label: (g.mean, len(g.scores)) for _, g in c.terms}} for c in conds]
+        out.append({"finding": name, "paper": paper, "verdict": verdict(conds, sd), "sd": sd, "conditions": rows})
     return out
 
 
 def write_findings(summary: dict, path: str | Path, title: str) -> str:
-    """findings.md: a table and a paragraph per finding; returns the text."""
+    """findings.md: the rule, the numbers and the spread behind each verdict; returns the text."""
     rows = findings(summary)
+    sd = rows[0]["sd"] if rows else None
+    spread = ("no point was repeated, so no spread was measured and nothing can be judged" if sd is None
+              else f"the pooled run-to-run standard deviation of repeated points is {100 * sd:.2f} points")
     lines = [f"# {title}: the paper's findings at this scale", "",
-             f"Scores are the paper's metric ({summary['metric']}). Differences under "
-             f"{NOISE * 100:.0f} point count as none: every point is a single run.", "",
-             "| finding | verdict |", "| --- | --- |"]
+             f"Scores are the paper's metric ({summary['metric']}); differences are in points "
+             f"(percent of val top-1). Spread: {spread}. A difference counts only beyond {Z:g} standard "
+             "errors of it (the margin, ±); \"level\" means within it. A finding shows when every "
+             "comparison goes its way, does not show when one goes the other way beyond the margin, "
+             "and is inconclusive otherwise. The rules are in `caffe_transfer/results/findings.py`.",
+             "", "| finding | verdict |", "| --- | --- |"]
     lines += [f"| {r['finding']} | {r['verdict']} |" for r in rows]
     for r in rows:
-        lines += ["", f"## {r['finding']}: {r['verdict']}", "", f"- paper: {r['paper']}", f"- measured: {r['measured']}"]
+        lines += ["", f"## {r['finding']}: {r['verdict']}", "", f"- paper: {r['paper']}"]
+        for c in r["conditions"]:
+            margin = "" if c["margin"] is None else f" ± {100 * c['margin']:.1f}"
+            groups = "; ".join(f"{label} {'n/a' if m is None else f'{m:.4f}'} ({k} runs)"
+                               for label, (m, k) in c["groups"].items())
+            lines.append(f"- {c['what']}: {_pp(c['value'])}{margin} points, expected {c['expected']}: "
+                         f"{c['outcome']} ({groups})")
     text = "\n".join(lines) + "\n"
     write_atomic(Path(path), text)
     return text

@@ -1,0 +1,117 @@
+"""The verdict rules of findings.md on constructed scores: the paper's pattern shows, its
+opposite does not, and a difference inside the measured spread is inconclusive."""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+
+from caffe_transfer.results import findings as f
+
+# Four repeats per point, spread around the point's value with SD `SD` (sample SD of the offsets).
+OFFSETS = (-1.5, -0.5, 0.5, 1.5)
+SD = 0.005
+PAPER = {  # the paper's per-layer means (EXPERIMENT.md), n = 1..7
+    "BnB": (.627, .624, .621, .605, .594, .619, .623),
+    "AnB": (.628, .624, .619, .600, .578, .581, .543),
+    "BnB+": (.618, .622, .631, .629, .630, .628, .627),
+    "AnB+": (.637, .636, .643, .640, .645, .646, .647),
+    "random": (.4917, .4026, .0011, .0191, .0499, .0145, .0146),
+}
+
+
+def _repeats(value: float, sd: float) -> list[float]:
+    scale = sd / statistics.stdev(OFFSETS)
+    return [value + o * scale for o in OFFSETS]
+
+
+def summary(layers: dict | None = None, base: float = .625, full: float = .5763, natman=(.5372, .2914),
+            sd: float = SD, repeats: bool = True) -> dict:
+    """A report summary's runs: bases and transfers on splits 0..3 (or one split), target half B;
+    the dissimilar split's base and AnB n=7 towards B; the full net and the random-frozen nets."""
+    layers = {**PAPER, **(layers or {})}
+    runs = []
+
+    def add(family, n, value, split=None, half=None):
+        values = _repeats(value, sd) if repeats else [value]
+        splits = [split] * len(values) if split in (None, "natman") else ["0", "1", "2", "3"][:len(values)]
+        runs.extend({"family": family, "n": n, "split": s, "half": half, "score": v} for s, v in zip(splits, values))
+
+    add("base", None, base, "0", "B")
+    for family in ("BnB", "AnB", "BnB+", "AnB+"):
+        for n, v in enumerate(layers[family], 1):
+            add(family, n, v, "0", "B")
+    add("base", None, natman[0], "natman", "B")
+    add("AnB", 7, natman[1], "natman", "B")
+    add("full", None, full)
+    for n, v in enumerate(layers["random"], 1):
+        add("random", n, v)
+    return {"metric": "top-10 mean", "base_half": "B", "runs": runs}
+
+
+def verdicts(s: dict) -> dict[str, str]:
+    return {r["finding"]: r["verdict"] for r in f.findings(s)}
+
+
+def test_the_papers_numbers_show_every_finding():
+    assert set(verdicts(summary()).values()) == {f.SHOWS}
+
+
+def test_a_boost_over_the_base_but_under_bnb_plus_does_not_show():
+    """The issue's run: AnB+ over the base but 1.6 points under BnB+ (which trained as long)."""
+    bnbp = tuple(v + 0.016 for v in PAPER["AnB+"])
+    tight = verdicts(summary({"BnB+": bnbp}, sd=0.003))
+    assert tight["Transfer plus fine-tuning generalizes better"] == f.NOT
+    loose = verdicts(summary({"BnB+": bnbp}, sd=0.05))
+    assert loose["Transfer plus fine-tuning generalizes better"] == f.INCONCLUSIVE
+
+
+def test_single_runs_judge_nothing():
+    assert set(verdicts(summary(repeats=False)).values()) == {f.INCONCLUSIVE}
+    assert "no spread was measured" in f.write_findings(summary(repeats=False), "/dev/null", "t")
+
+
+def test_a_difference_inside_the_spread_is_inconclusive():
+    assert set(verdicts(summary(sd=0.06)).values()) - {f.SHOWS} == {f.INCONCLUSIVE}
+
+
+def test_co_adaptation_needs_the_dip_in_the_middle_and_none_at_the_ends():
+    # the training-length confound: BnB above the base at every n
+    above = verdicts(summary({"BnB": (.66,) * 7}))
+    assert above["Fragile co-adaptation"] == f.NOT
+    # below the base everywhere: worse transfers, not a dip that recovers
+    below = verdicts(summary({"BnB": (.58,) * 7}))
+    assert below["Fragile co-adaptation"] == f.NOT
+
+
+def test_specificity_needs_a_gap_that_grows():
+    flat = tuple(v - 0.03 for v in PAPER["BnB"])  # AnB 3 points under BnB at every n: no growth
+    assert verdicts(summary({"AnB": flat}))["Specificity of higher layers"] == f.INCONCLUSIVE
+    over = tuple(v + 0.03 for v in PAPER["BnB"])
+    assert verdicts(summary({"AnB": over}))["Specificity of higher layers"] == f.NOT
+
+
+def test_random_filters_must_cost_little_low_down():
+    costly = (.01, .01, .01, .02, .05, .01, .01)  # as bad at n = 1..2 as from n = 3
+    assert verdicts(summary({"random": costly}))["Random frozen filters are poor"] != f.SHOWS
+    low_only = (.40, .40, .57, .57, .57, .57, .57)  # the cost is at n = 1..2 only
+    assert verdicts(summary({"random": low_only}))["Random frozen filters are poor"] == f.NOT
+
+
+def test_the_dissimilar_split_must_drop_more():
+    assert verdicts(summary(natman=(.5372, .5372 - 0.02)))["Dissimilar tasks transfer worse"] == f.NOT
+    assert verdicts(summary(natman=(.5372, .5372 - 0.08)))["Dissimilar tasks transfer worse"] == f.INCONCLUSIVE
+
+
+def test_the_spread_is_the_pooled_sd_of_repeated_points():
+    groups = {"a": [1.0, 2.0, 3.0], "b": [10.0, 12.0], "single": [5.0]}
+    assert f.pooled_sd(groups) == pytest.approx(((2 * 1.0 + 1 * 2.0) / 3) ** 0.5)
+    assert f.pooled_sd({"single": [5.0]}) is None
+
+
+def test_findings_md_states_rule_numbers_and_spread(tmp_path):
+    text = f.write_findings(summary(), tmp_path / "findings.md", "demo")
+    assert text.count("\n## ") == 5
+    assert "pooled run-to-run standard deviation of repeated points is 0.50 points" in text
+    assert "- AnB+ minus BnB+ at n=1..7: +1.6 ± 0.3 points, expected above: holds" in text
