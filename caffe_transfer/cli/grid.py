@@ -102,17 +102,20 @@ def run_all(plan_dir, gpus, cpu_workers, quiet) -> None:
 @click.command()
 @click.argument("plan_dir", type=existing_dir())
 def status(plan_dir) -> None:
-    """Show each run of a plan: waiting, ready, running, stopped, failed or done (with score)."""
+    """Show each run of a plan: waiting, ready, running, stopped, failed or done (with score),
+    and its latest test beside the authors' curve for the same kind of run."""
     from collections import Counter
 
     from caffe_transfer.grid.plan import states
+    from caffe_transfer.results.curves import check
 
     rows = states(plan_dir)
-    click.echo(f"{'run':24} {'state':8} {'iteration':>17} {'val acc':>8} {'score':>7}  detail")
+    click.echo(f"{'run':24} {'state':8} {'iteration':>17} {'val acc':>8} {'score':>7}  {'vs the authors’ curve':30}  detail")
     for r in rows:
         it = f"{r['iteration'] or 0}/{r['max_iter']}"
         acc = f"{r['accuracy']:.4f}" if r["accuracy"] is not None else "-"
         score = f"{r['score']:.4f}" if r["score"] is not None else "-"
-        click.echo(f"{r['name']:24} {r['state'].value:8} {it:>17} {acc:>8} {score:>7}  {r['detail'][:120]}")
+        curve = check(Path(plan_dir) / r["name"]).label
+        click.echo(f"{r['name']:24} {r['state'].value:8} {it:>17} {acc:>8} {score:>7}  {curve:30}  {r['detail'][:120]}")
     counts = Counter(r["state"].value for r in rows)
     click.echo(", ".join(f"{n} {state}" for state, n in sorted(counts.items())))
