@@ -35,43 +35,65 @@ PACKAGE = "dataset-fashion-mnist"
 CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot")
 GARMENTS = (0, 1, 2, 3, 4, 6)      # the dissimilar split's half A (in the place of "natural")
 FOOTWEAR_AND_BAGS = (5, 7, 8, 9)   # half B (in the place of "man-made")
-SPLIT = "0"
 IMAGE_SIZE = 32                    # the small architecture's stored size (28x28 crops)
+
+
+VAL_BATCH = 100                    # the small architecture's val batch
 
 
 @dataclass(frozen=True)
 class Preset:
+    """One size of the demo. Every point of its figures is repeated: the runs on random halves
+    once per split in `splits` (the paper's seeding rule), the dissimilar split's, random-frozen
+    and full nets once per solver seed in `seeds`. Every net trains `solver`'s stepped schedule
+    (a transfer on its base's) and every test scores the whole val set."""
+
     name: str
     train_per_class: int
     test_per_class: int
     solver: dict
-    dissimilar: bool   # the garments vs footwear-and-bags transfers
-    random: bool       # the random-frozen nets and the full net they are compared with
+    splits: tuple[str, ...]
+    seeds: int = 1
+    dissimilar: bool = False  # the garments vs footwear-and-bags transfers
+    random: bool = False      # the random-frozen nets and the full net they are compared with
+    judges: bool = True       # False: a smoke run, whose findings.md judges nothing
+
+
+def _schedule(max_iter: int, stepsize: int, test_interval: int) -> dict:
+    return {"max_iter": max_iter, "stepsize": stepsize, "gamma": 0.1, "lr_policy": "step",
+            "test_interval": test_interval, "snapshot": max_iter, "display": test_interval}
 
 
 PRESETS = {
-    "quick": Preset("quick", 100, 40, {"max_iter": 40, "test_interval": 20, "test_iter": 2, "snapshot": 20,
-                                        "display": 10, "stepsize": 1000}, dissimilar=False, random=False),
-    "standard": Preset("standard", 1000, 200, {"max_iter": 300, "test_interval": 15, "test_iter": 2,
-                                                "snapshot": 100, "display": 15, "stepsize": 200},
+    # Schedules from measured curves of baseB (docs/demo.md): at base_lr 0.01 val accuracy rises
+    # steeply for about 100 iterations and slowly after (200 images per class: 0.64 at 100, 0.78
+    # at 600; 1000 per class: 0.87 at 1400, still rising); the rate steps down by 10 there.
+    "quick": Preset("quick", 100, 20, _schedule(40, 30, 10), splits=("0",), judges=False),
+    "standard": Preset("standard", 200, 100, _schedule(150, 100, 10), splits=("0", "1"),
                        dissimilar=True, random=True),
+    "long": Preset("long", 1000, 200, _schedule(3000, 2000, 100), splits=("0", "1", "2", "3"),
+                   seeds=4, dissimilar=True, random=True),
 }
 
 
-def grid(preset: Preset) -> list[Treatment]:
-    """The demo's runs: bases, BnB, BnB+, AnB, AnB+ for n = 1..7 on split 0, and per preset the
-    dissimilar split's bases and AnB, the random-frozen nets and the full net."""
+def grid(preset: Preset) -> dict[str, list[Treatment]]:
+    """The demo's runs by folder under `runs/`: `halves` (per split: bases, BnB, BnB+, AnB, AnB+
+    for n = 1..7 towards half B) and, per preset, `seed<k>` (the dissimilar split's bases and AnB,
+    the random-frozen nets and the full net, once per seed)."""
     layers = range(1, N_TRANSFERABLE + 1)
-    runs = [Treatment(Kind.BASE, split=SPLIT, half=h) for h in "AB"]
-    for n in layers:
-        runs += [Treatment(Kind.TRANSFER, split=SPLIT, source=s, half="B", n=n, fine_tune=ft)
-                 for s in "BA" for ft in (False, True)]
+    halves = []
+    for split in preset.splits:
+        halves += [Treatment(Kind.BASE, split=split, half=h) for h in "AB"]
+        halves += [Treatment(Kind.TRANSFER, split=split, source=s, half="B", n=n, fine_tune=ft)
+                   for n in layers for s in "BA" for ft in (False, True)]
+    seeded = []
     if preset.dissimilar:
-        runs += [Treatment(Kind.BASE, split="natman", half=h) for h in "AB"]
-        runs += [Treatment(Kind.TRANSFER, split="natman", source="A", half="B", n=n) for n in layers]
+        seeded += [Treatment(Kind.BASE, split="natman", half=h) for h in "AB"]
+        seeded += [Treatment(Kind.TRANSFER, split="natman", source="A", half="B", n=n) for n in layers]
     if preset.random:
-        runs.append(Treatment(Kind.FULL))
-        runs += [Treatment(Kind.RANDOM, n=n) for n in layers]
+        seeded += [Treatment(Kind.FULL)] + [Treatment(Kind.RANDOM, n=n) for n in layers]
+    runs = {"halves": halves}
+    runs.update({f"seed{k}": seeded for k in range(1, preset.seeds + 1) if seeded})
     return runs
 
 
@@ -118,7 +140,9 @@ def export_images(source: Path, out: Path, preset: Preset) -> Path:
 
 def datasets(preset: Preset) -> dict[str, list[int]]:
     """Dataset name -> classes, in the authors' layout (`half0A`, `halfnatmanB`, `whole`)."""
-    sets = split_datasets(SPLIT, *random_halves(int(SPLIT), len(CLASSES)))
+    sets = {}
+    for split in preset.splits:
+        sets.update(split_datasets(split, *random_halves(int(split), len(CLASSES))))
     sets.update(split_datasets("natman", list(GARMENTS), list(FOOTWEAR_AND_BAGS)))
     sets["whole"] = list(range(len(CLASSES)))
     return sets
@@ -145,7 +169,7 @@ def prepare_data(out: Path, preset: Preset, progress: bool = True) -> Path:
 def _state(out: Path, preset: Preset) -> None:
     """The preset is fixed per output folder: a second run with another would mix two grids."""
     path = out / "demo.json"
-    wanted = asdict(preset)
+    wanted = json.loads(json.dumps(asdict(preset)))  # as read back: tuples become lists
     if path.is_file():
         had = json.loads(path.read_text())
         if had != wanted:
@@ -158,11 +182,21 @@ def _state(out: Path, preset: Preset) -> None:
 
 
 def write_grid(out: Path, data: Path, preset: Preset) -> list[Path]:
-    """Run folders for the preset's grid under `out/runs`; existing ones are kept as they are."""
-    options = GenOptions(arch="small", data_root=data, fc8_outputs="classes", gpu=False, solver=preset.solver)
-    runs = {out / "runs" / t.name: t for t in grid(preset)}
-    write_runs({d: t for d, t in runs.items() if not (d / "treatment.json").is_file()}, options)
-    return list(runs)
+    """Run folders for the preset's grid under `out/runs`; existing ones are kept as they are.
+    Each net tests its whole val set; the seed folders set Caffe's random_seed to their number."""
+    sizes = {name: len(classes) * preset.test_per_class for name, classes in datasets(preset).items()}
+    folders = []
+    for group, treatments in grid(preset).items():
+        seed = {"random_seed": int(group[4:])} if group.startswith("seed") else {}
+        for t in treatments:
+            folder = out / "runs" / group / t.name
+            folders.append(folder)
+            if (folder / "treatment.json").is_file():
+                continue
+            test_iter = -(-sizes[t.val_set.removesuffix("_valid")] // VAL_BATCH)
+            write_runs({folder: t}, GenOptions(arch="small", data_root=data, fc8_outputs="classes", gpu=False,
+                                               solver={**preset.solver, **seed, "test_iter": test_iter}))
+    return folders
 
 
 @dataclass
@@ -191,8 +225,9 @@ def run_demo(out: str | Path, preset_name: str = "standard", workers: int | None
         from caffe_transfer.results.findings import write_findings
         from caffe_transfer.results.report import write_report
 
-        summary = write_report(out / "runs", report, report / "numbers.json",
-                               natman_title="Garments / footwear-and-bags split", compare=False,
-                               base_half="B")
-        write_findings(summary, report / "findings.md", f"caffe-transfer demo, {preset.name} preset")
+        title = f"caffe-transfer demo, {preset.name} preset"
+        summary = write_report(sorted(p for p in (out / "runs").iterdir() if p.is_dir()), report,
+                               report / "numbers.json", natman_title="Garments / footwear-and-bags split",
+                               compare=False, base_half="B", title=title)
+        write_findings(summary, report / "findings.md", title, judge=preset.judges)
     return DemoResult(out, result, report, time.monotonic() - started)

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from caffe_transfer.cli import cli
 from caffe_transfer.grid.plan import write_plan
 from caffe_transfer.model.treatments import parse
-from caffe_transfer.results import curves, report
+from caffe_transfer.results import curves, paper, report
 from caffe_transfer.runs.gen import GenOptions
 
 STAMP = "I1130 10:00:00.000000 4242 solver.cpp:330]"
@@ -98,7 +98,7 @@ def test_a_fresh_run_is_judged_by_the_authors_spread_not_the_parsers_tolerance()
     _, bnb5_sd, _ = curves.spread("BnB n=5")
     summary = {"base_mean": 0.6251 + base_sd, "layers": {"BnB": [None] * 4 + [0.594 + 3 * bnb5_sd, None, None]},
                "table1": {"1-7": {"over_baseB": 0.0167 - 3 * base_sd}}}
-    rows = {r["id"]: r for r in report.compare_with_paper(summary)}
+    rows = {r["id"]: r for r in paper.compare_with_paper(summary)}
     base, bnb5, boost = rows["base_mean"], rows["layers.BnB.n5"], rows["table1.1-7.over_baseB"]
     assert base["within_recomputed"] is False and base["within_spread"] is True
     assert (base["authors_kind"], base["authors_runs"]) == ("base", 8)

@@ -39,14 +39,14 @@ def quick_demo(tmp_path_factory):
     proc = subprocess.Popen([CLI, "demo", "--out", str(out), "--preset", "quick", "--workers", "2"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 300
-    while len(list((out / "runs").glob("*/snapshots/*_iter_40.caffemodel"))) < 4:
+    while len(list((out / "runs").glob("*/*/snapshots/*_iter_40.caffemodel"))) < 4:
         assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()[-3000:]
         time.sleep(0.3)
     proc.send_signal(signal.SIGINT)
     first, _ = proc.communicate(timeout=120)
     done_first = {p.parent.parent.name: p.stat().st_mtime_ns
-                  for p in (out / "runs").glob("*/snapshots/*_iter_40.caffemodel")}
-    states_first = {p.parent.parent.name for p in (out / "runs").glob("*/snapshots/*.solverstate")}
+                  for p in (out / "runs").glob("*/*/snapshots/*_iter_40.caffemodel")}
+    states_first = {p.parent.parent.name for p in (out / "runs").glob("*/*/snapshots/*.solverstate")}
     second = subprocess.run([CLI, "demo", "--out", str(out), "--preset", "quick"], capture_output=True, text=True)
     return out, proc.returncode, first, done_first, states_first, second
 
@@ -57,19 +57,19 @@ def test_interrupted_demo_stops_with_snapshots_and_continues(quick_demo):
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "30/30 runs trained" in second.stdout
     for name, mtime in done_first.items():
-        run = Run.load(out / "runs" / name)
+        run = Run.load(out / "runs" / "halves" / name)
         assert run.final_model.stat().st_mtime_ns == mtime, f"{name} was retrained"
         assert run.log.read_text().count(HEADER) == 1
     for name in re.findall(r"^  (\S+): stopped", first, re.M):
         # stopped mid-way: resumed from its snapshot; stopped before Caffe saved one: started again
-        log = (out / "runs" / name / "train.log").read_text()
+        log = (out / "runs" / "halves" / name / "train.log").read_text()
         assert ("resuming from" in log) == (name in states_first), name
 
 
 def test_every_run_trained_and_every_transfer_came_from_its_base(quick_demo):
     out = quick_demo[0]
-    runs = [Run.load(d) for d in sorted((out / "runs").iterdir())]
-    assert sorted(r.name for r in runs) == sorted(t.name for t in demo.grid(demo.PRESETS["quick"]))
+    runs = [Run.load(d) for d in sorted((out / "runs").glob("*/*"))]
+    assert sorted(r.name for r in runs) == sorted(t.name for t in demo.grid(demo.PRESETS["quick"])["halves"])
     for run in runs:
         assert run.finished, run.name
         tables = logs.read_run(run.dir)
@@ -121,3 +121,21 @@ def test_a_failed_base_holds_back_only_its_transfers(tmp_path):
     assert states == {"half0A": State.FAILED, "transfer0A0B_1_2": State.WAITING, "half0B": State.DONE}
     assert "its base half0A did not finish" in result.outcomes[runs / "transfer0A0B_1_2"].detail
     assert not (runs / "transfer0A0B_1_2" / "train.log").exists()
+
+
+@pytest.mark.slow
+def test_the_standard_preset_repeats_every_point_and_judges_against_that_spread(tmp_path):
+    """The standard preset end to end: every point of Figure 2 has repeats, so a spread, and
+    findings.md judges each finding against the spread it measured."""
+    if not (demo.FASHION_MNIST / "train-labels-idx1-ubyte.gz").is_file():
+        pytest.skip(f"Fashion-MNIST is not installed at {demo.FASHION_MNIST} (apt-get install {demo.PACKAGE})")
+    result = subprocess.run([CLI, "demo", "--out", str(tmp_path / "standard")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((tmp_path / "standard" / "report" / "numbers.json").read_text())
+    assert summary["base_sd"] is not None
+    assert all(sd is not None for family in ("BnB", "BnB+", "AnB", "AnB+") for sd in summary["layers_sd"][family])
+    for run in summary["runs"]:
+        assert run["evaluations"] > 10 and run["last_iteration"] == run["max_iter"], run["name"]
+    findings = (tmp_path / "standard" / "report" / "findings.md").read_text()
+    assert "pooled run-to-run standard deviation of repeated points is" in findings
+    assert "not judged" not in findings and findings.count("\n## ") == 5

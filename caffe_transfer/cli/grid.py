@@ -33,14 +33,16 @@ def report_grid(result, when: str = "") -> None:
 @click.command()
 @click.option("--out", "-o", default="demo", show_default=True, type=out_dir(),
               help="Folder for data, runs and report (run again to continue).")
-@click.option("--preset", default="standard", show_default=True, type=click.Choice(["quick", "standard"]),
-              help="standard: the grid in about 15 minutes on 2 cores; quick: a 2-minute smoke run.")
+@click.option("--preset", default="standard", show_default=True, type=click.Choice(["quick", "standard", "long"]),
+              help="standard: the grid with repeats in about 8 minutes on 2 cores; quick: a 2-minute smoke "
+                   "run that judges nothing; long: more data and training, hours on 2 cores.")
 @click.option("--workers", type=click.IntRange(min=1), help="Runs trained at once (default: one per core).")
 def demo(out, preset, workers) -> None:
     """The scaled-down reproduction on Fashion-MNIST, CPU only: data, grid, training, report.
 
-    Bases, BnB, BnB+, AnB, AnB+ for n = 1..7 (standard also: a dissimilar split and the
-    random-frozen nets), then Figure 2, Table 1 and findings.md in OUT/report."""
+    Bases, BnB, BnB+, AnB, AnB+ for n = 1..7 on each random split (standard and long also: a
+    dissimilar split and the random-frozen nets, repeated by seed), then Figure 2 with the
+    spread of the repeats, Table 1 and findings.md in OUT/report."""
     from caffe_transfer.demo import run_demo
 
     result = run_demo(out, preset, workers=workers)

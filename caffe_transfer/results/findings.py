@@ -181,9 +181,12 @@ def findings(summary: dict) -> list[dict]:
     return out
 
 
-def write_findings(summary: dict, path: str | Path, title: str) -> str:
-    """findings.md: the rule, the numbers and the spread behind each verdict; returns the text."""
+def write_findings(summary: dict, path: str | Path, title: str, judge: bool = True) -> str:
+    """findings.md: the rule, the numbers and the spread behind each verdict; returns the text.
+    With `judge=False` (a smoke run) the numbers are listed and every verdict is "not judged"."""
     rows = findings(summary)
+    if not judge:
+        rows = [{**r, "verdict": "not judged (a smoke run: too small to judge anything)"} for r in rows]
     sd = rows[0]["sd"] if rows else None
     spread = ("no point was repeated, so no spread was measured and nothing can be judged" if sd is None
               else f"the pooled run-to-run standard deviation of repeated points is {100 * sd:.2f} points")

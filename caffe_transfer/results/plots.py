@@ -62,23 +62,34 @@ def figure2(summary: dict, out_dir: Path) -> list[Path]:
         xs, ys = _points(summary, family)
         if xs:
             top.scatter(xs, ys, marker=marker, s=55, facecolor=color, edgecolor="black", linewidth=0.7, label=label)
-    base = summary["base_mean"]
+    base, base_sd = summary["base_mean"], summary.get("base_sd")
+    sds = summary.get("layers_sd", {})
     for family in ("BnB", "BnB+", "AnB", "AnB+"):
-        label, marker, color, _ = STYLE[family]
-        pts = [(n, v) for n, v in zip(LAYERS, summary["layers"][family]) if v is not None]
+        label, marker, color, offset = STYLE[family]
+        pts = [(n, v, sd) for n, v, sd in zip(LAYERS, summary["layers"][family], sds.get(family, [None] * 7))
+               if v is not None]
         if base is not None:
-            pts = [(0, base)] + pts
+            pts = [(0, base, None)] + pts
         if len(pts) > 1:
-            bottom.plot(*zip(*pts), marker=marker, color=color, markeredgecolor="black", label=label)
+            bottom.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=color,
+                        markeredgecolor="black", label=label)
+        bars = [p for p in pts if p[2] is not None]
+        if bars:  # the run-to-run SD of the repeats at each point, beside it
+            bottom.errorbar([p[0] + offset for p in bars], [p[1] for p in bars], yerr=[p[2] for p in bars],
+                            fmt="none", ecolor=color, elinewidth=1.2, capsize=3)
     if base is not None:
         bottom.plot([0], [base], "o", markerfacecolor="white", markeredgecolor="black", markersize=8, label="baseB")
+        if base_sd is not None:
+            bottom.errorbar([0], [base], yerr=[base_sd], fmt="none", ecolor="black", capsize=3)
     for ax in (top, bottom):
         ax.set_ylabel("Top-1 accuracy (higher is better)")
         ax.set_xlim(-0.4, 7.4)
         ax.grid(alpha=0.25)
         ax.legend(loc="lower left", fontsize=9)
     bottom.set_xlabel("Layer $n$ at which the network is chopped and retrained")
-    top.set_title("Figure 2: transfer between random A/B halves")
+    top.set_title("Figure 2: transfer between random A/B halves" + (f"\n{summary['title']}" if summary.get("title") else ""))
+    if sds:
+        bottom.set_title("means over repeats; bars: one standard deviation of the runs", fontsize=9)
     return _save(fig, out_dir, "figure2")
 
 

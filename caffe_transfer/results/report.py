@@ -27,12 +27,12 @@ from caffe_transfer.data.splits import REDUCED_PER_CLASS
 from caffe_transfer.model.treatments import N_TRANSFERABLE, Kind, Treatment
 from caffe_transfer.results import curves
 from caffe_transfer.results.findings import Z
+from caffe_transfer.results.paper import compare_with_paper
 from caffe_transfer.runs import logs
 
 METRIC = "mean of the 10 highest val top-1 accuracies over all test evaluations (logs merged by iteration, later file winning)"
 FAMILIES = ("BnB", "AnB", "BnB+", "AnB+")
 TABLE1_RANGES = {"1-7": (1, 7), "3-7": (3, 7), "5-7": (5, 7)}
-PAPER_NUMBERS = Path(__file__).with_name("paper_numbers.json")
 
 
 @dataclass
@@ -62,32 +62,42 @@ def _collect_one(folder: Path) -> RunResult:
                      curves.compare(folder.name, treatment, solver, arch, tables.test))
 
 
-def collect(results_dir: str | Path, workers: int | None = None) -> tuple[list[RunResult], list[str]]:
-    """Results of every recognised run folder under `results_dir`, and the folders not recognised
-    (with the reason where a treatment.json could not be read)."""
-    results_dir = Path(results_dir)
-    if not results_dir.is_dir():
-        raise CaffeTransferError(f"results folder {results_dir} does not exist")
+def collect(results_dirs: str | Path | list[Path], workers: int | None = None) -> tuple[list[RunResult], list[str]]:
+    """Results of every recognised run folder under `results_dirs` (one folder, or several whose
+    runs are repeats, named `<folder>/<run>`), and the folders not recognised (with the reason
+    where a treatment.json could not be read)."""
+    several = isinstance(results_dirs, list)
     folders, unknown = [], []
-    for p in sorted(results_dir.iterdir()):
-        if not p.is_dir():
-            continue
-        try:
-            curves.describe(p)
-            folders.append(p)
-        except CaffeTransferError as e:  # a folder named like no run is no news; a broken run is
-            unknown.append(f"{p.name}: {e}" if (p / "treatment.json").is_file() else p.name)
+    for results_dir in map(Path, results_dirs if several else [results_dirs]):
+        if not results_dir.is_dir():
+            raise CaffeTransferError(f"results folder {results_dir} does not exist")
+        for p in sorted(results_dir.iterdir()):
+            if not p.is_dir():
+                continue
+            try:
+                curves.describe(p)
+                folders.append(p)
+            except CaffeTransferError as e:  # a folder named like no run is no news; a broken run is
+                unknown.append(f"{p.name}: {e}" if (p / "treatment.json").is_file() else p.name)
     if not folders:
-        raise CaffeTransferError(f"no run folders in {results_dir}: expected folders named like "
+        raise CaffeTransferError(f"no run folders in {results_dirs}: expected folders named like "
                                  "half0A or transfer0A0B_1_3, or written by caffe-transfer gen")
     with ProcessPoolExecutor(max_workers=workers) as pool:
         runs = list(pool.map(_collect_one, folders, chunksize=8))
+    if several:
+        for run, folder in zip(runs, folders):
+            run.folder = f"{folder.parent.name}/{folder.name}"
     return runs, unknown
 
 
 def _mean(values: list[float]) -> float | None:
     values = [v for v in values if v is not None]
     return statistics.fmean(values) if values else None
+
+
+def _sd(values: list[float]) -> float | None:
+    """The run-to-run standard deviation of repeats (None for a single run)."""
+    return statistics.stdev(values) if len(values) > 1 else None
 
 
 def _scores(runs: list[RunResult], keep) -> list[float]:
@@ -105,9 +115,11 @@ def summarize(runs: list[RunResult], base_half: str | None = None) -> dict:
     The base level is the mean of all random-split bases (the paper's), or with `base_half` of
     those of one half: where only transfers to B were trained and the halves differ in difficulty."""
     random_splits = [r for r in runs if r.treatment.split in ("0", "1", "2", "3")]
-    base_mean = _mean(_scores(random_splits, lambda t: t.kind is Kind.BASE and base_half in (None, t.half)))
-    layers = {f: [_mean(_scores(random_splits, lambda t: t.family == f and t.n == n)) for n in range(1, N_TRANSFERABLE + 1)]
+    bases = _scores(random_splits, lambda t: t.kind is Kind.BASE and base_half in (None, t.half))
+    base_mean = _mean(bases)
+    points = {f: [_scores(random_splits, lambda t: t.family == f and t.n == n) for n in range(1, N_TRANSFERABLE + 1)]
               for f in FAMILIES}
+    layers = {f: list(map(_mean, v)) for f, v in points.items()}
     table1 = {}
     for label, (lo, hi) in TABLE1_RANGES.items():
         rows = {f: _mean([layers[f][n - 1] for n in range(lo, hi + 1)]) for f in ("AnB+", "BnB+")}
@@ -129,9 +141,11 @@ def summarize(runs: list[RunResult], base_half: str | None = None) -> dict:
     return {
         "metric": METRIC,
         "base_mean": base_mean,
+        "base_sd": _sd(bases),
         "base_half": base_half,
         "full_net": full,
         "layers": layers,
+        "layers_sd": {f: list(map(_sd, v)) for f, v in points.items()},
         "table1": table1,
         "natman": nm,
         "random": {"base": full, "layers": [_mean(_scores(runs, lambda t: t.kind is Kind.RANDOM and t.n == n))
@@ -145,63 +159,6 @@ def summarize(runs: list[RunResult], base_half: str | None = None) -> dict:
                   "curve": r.curve.label if r.curve else None,
                   "curve_flagged": bool(r.curve and r.curve.flagged)} for r in runs],
     }
-
-
-def _lookup(summary: dict, path: list):
-    value = summary
-    for key in path:
-        try:
-            value = value[key]
-        except (KeyError, IndexError, TypeError):
-            return None
-    return value
-
-
-def authors_kind(path: list) -> str:
-    """The kind of the authors' runs a summary number aggregates (see `curves.kind_of`); for
-    differences of aggregates (Table 1, drops) the 8 bases, whose spread the others are judged by."""
-    head = path[0]
-    if head == "full_net":
-        return "full"
-    if head == "layers":
-        return f"{path[1]} n={path[2] + 1}"
-    if head == "natman":
-        half = {"target_manmade": "B", "target_natural": "A"}[path[1]]  # the authors' A is natural
-        return f"base natman {half}" if path[2] == "base" else f"natman AnB to {half} n={path[3] + 1}"
-    if head == "random":
-        return f"random n={path[2] + 1}"
-    if head == "reduced":
-        return f"reduced {path[1]}"
-    return curves.BASES
-
-
-def compare_with_paper(summary: dict, numbers_file: Path = PAPER_NUMBERS) -> list[dict]:
-    """One row per number in EXPERIMENT.md's "Numbers" section: the paper's value and the value
-    recomputed from the released logs (where stated), ours, the differences, and whether ours is
-    within the stated tolerance of each (a check of the parser on the authors' own logs).
-
-    A user's own runs are judged by the authors' run-to-run spread instead: `within_spread` says
-    whether ours is within `Z` standard deviations of the authors' runs of that treatment and n
-    (of the 8 bases where they ran one) from the recomputed value (the paper's where none)."""
-    spec = json.loads(numbers_file.read_text())
-    rows = []
-    for entry in spec["numbers"]:
-        ours = _lookup(summary, entry["path"])
-        row = {"id": entry["id"], "what": entry["what"], "ours": ours}
-        for ref in ("paper", "recomputed"):
-            value = entry.get(ref)
-            tol = spec["tolerance"][ref] if ref != "paper" else entry.get("paper_tolerance", spec["tolerance"]["paper"])
-            row[ref] = value
-            row[f"diff_{ref}"] = _diff(ours, value)
-            row[f"within_{ref}"] = None if value is None or ours is None else abs(ours - value) <= tol + 1e-12
-            row[f"tolerance_{ref}"] = tol if value is not None else None
-        kind = authors_kind(entry["path"])
-        _, sd, count = curves.spread(kind)
-        ref = entry.get("recomputed", entry.get("paper"))
-        row.update(authors_kind=kind, authors_sd=sd, authors_runs=count,
-                   within_spread=None if ours is None or sd is None else abs(ours - ref) <= Z * sd)
-        rows.append(row)
-    return rows
 
 
 def incomplete_runs(runs: list[RunResult]) -> list[dict]:
@@ -268,18 +225,18 @@ def text_report(summary: dict, comparison: list[dict], incomplete: list[dict], u
     return "\n".join(lines) + "\n"
 
 
-def write_report(results_dir: str | Path, out_dir: str | Path, json_path: str | Path | None = None,
+def write_report(results_dir: str | Path | list[Path], out_dir: str | Path, json_path: str | Path | None = None,
                  figures: bool = True, natman_title: str | None = None, compare: bool = True,
-                 base_half: str | None = None) -> dict:
+                 base_half: str | None = None, title: str | None = None) -> dict:
     """Collect, summarise and write the report files into `out_dir`; returns the summary.
 
     `natman_title` names the dissimilar split where it is not natural vs man-made, and
-    `compare=False` leaves out the comparison with the paper's numbers (both for the demo).
-    `base_half` as in `summarize`."""
+    `compare=False` leaves out the comparison with the paper's numbers (both for the demo);
+    `title` names the runs in the figures. `results_dir` and `base_half` as in `collect` and
+    `summarize`."""
     runs, unknown = collect(results_dir)
     summary = summarize(runs, base_half)
-    if natman_title:
-        summary["natman_title"] = natman_title
+    summary.update({k: v for k, v in (("natman_title", natman_title), ("title", title)) if v})
     comparison = compare_with_paper(summary) if compare else []
     incomplete = incomplete_runs(runs)
     summary["comparison"] = comparison
