@@ -98,6 +98,7 @@ def test_the_report_has_all_its_parts(quick_demo):
     assert summary["table1"]["1-7"]["over_baseB"] is not None
     findings = (report / "findings.md").read_text()
     assert findings.count("\n## ") == 5 and "Fragile co-adaptation" in findings
+    assert findings.count("not judged (a smoke run") == 10  # the table and each section
     assert len((report / "runs.csv").read_text().splitlines()) == 31
 
 

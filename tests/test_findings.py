@@ -115,3 +115,8 @@ def test_findings_md_states_rule_numbers_and_spread(tmp_path):
     assert text.count("\n## ") == 5
     assert "pooled run-to-run standard deviation of repeated points is 0.50 points" in text
     assert "- AnB+ minus BnB+ at n=1..7: +1.6 ± 0.3 points, expected above: holds" in text
+
+
+def test_a_smoke_run_judges_nothing(tmp_path):
+    text = f.write_findings(summary(), tmp_path / "findings.md", "quick", judge=False)
+    assert f.SHOWS + " |" not in text and text.count("| not judged (a smoke run") == 5

@@ -34,8 +34,8 @@ def report_grid(result, when: str = "") -> None:
 @click.option("--out", "-o", default="demo", show_default=True, type=out_dir(),
               help="Folder for data, runs and report (run again to continue).")
 @click.option("--preset", default="standard", show_default=True, type=click.Choice(["quick", "standard", "long"]),
-              help="standard: the grid with repeats in about 8 minutes on 2 cores; quick: a 2-minute smoke "
-                   "run that judges nothing; long: more data and training, hours on 2 cores.")
+              help="standard: the grid with repeats, sized for 2 cores (docs/demo.md); quick: a 2-minute "
+                   "smoke run that judges nothing; long: more data and training, hours on 2 cores.")
 @click.option("--workers", type=click.IntRange(min=1), help="Runs trained at once (default: one per core).")
 def demo(out, preset, workers) -> None:
     """The scaled-down reproduction on Fashion-MNIST, CPU only: data, grid, training, report.
