@@ -124,7 +124,6 @@ def test_a_failed_base_holds_back_only_its_transfers(tmp_path):
     assert not (runs / "transfer0A0B_1_2" / "train.log").exists()
 
 
-@pytest.mark.slow
 def test_the_standard_preset_repeats_every_point_and_judges_against_that_spread(tmp_path):
     """The standard preset end to end: every point of Figure 2 has repeats, so a spread, and
     findings.md judges each finding against the spread it measured."""
