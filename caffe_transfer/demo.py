@@ -36,8 +36,6 @@ CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
 GARMENTS = (0, 1, 2, 3, 4, 6)      # the dissimilar split's half A (in the place of "natural")
 FOOTWEAR_AND_BAGS = (5, 7, 8, 9)   # half B (in the place of "man-made")
 IMAGE_SIZE = 32                    # the small architecture's stored size (28x28 crops)
-
-
 VAL_BATCH = 100                    # the small architecture's val batch
 
 
