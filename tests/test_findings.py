@@ -21,22 +21,27 @@ PAPER = {  # the paper's per-layer means (EXPERIMENT.md), n = 1..7
 }
 
 
-def _repeats(value: float, sd: float) -> list[float]:
+def _repeats(value: float, sd: float, turn: int = 0) -> list[float]:
+    """Four scores with sample SD `sd`; `turn` rotates which split gets which offset, so that the
+    noise is no split's difficulty."""
     scale = sd / statistics.stdev(OFFSETS)
-    return [value + o * scale for o in OFFSETS]
+    turn %= len(OFFSETS)
+    return [value + o * scale for o in OFFSETS[turn:] + OFFSETS[:turn]]
 
 
 def summary(layers: dict | None = None, base: float = .625, full: float = .5763, natman=(.5372, .2914),
-            sd: float = SD, repeats: bool = True) -> dict:
+            sd: float = SD, repeats: bool = True, easier: dict | None = None) -> dict:
     """A report summary's runs: bases and transfers on splits 0..3 (or one split), target half B;
-    the dissimilar split's base and AnB n=7 towards B; the full net and the random-frozen nets."""
+    the dissimilar split's base and AnB n=7 towards B; the full net and the random-frozen nets.
+    `easier` adds to every score of a split (its halves' difficulty)."""
     layers = {**PAPER, **(layers or {})}
     runs = []
 
     def add(family, n, value, split=None, half=None):
-        values = _repeats(value, sd) if repeats else [value]
+        values = _repeats(value, sd, len(runs) // len(OFFSETS)) if repeats else [value]
         splits = [split] * len(values) if split in (None, "natman") else ["0", "1", "2", "3"][:len(values)]
-        runs.extend({"family": family, "n": n, "split": s, "half": half, "score": v} for s, v in zip(splits, values))
+        runs.extend({"family": family, "n": n, "split": s, "half": half, "score": v + (easier or {}).get(s, 0)}
+                    for s, v in zip(splits, values))
 
     add("base", None, base, "0", "B")
     for family in ("BnB", "AnB", "BnB+", "AnB+"):
@@ -113,8 +118,20 @@ def test_the_spread_is_the_pooled_sd_of_repeated_points():
 def test_findings_md_states_rule_numbers_and_spread(tmp_path):
     text = f.write_findings(summary(), tmp_path / "findings.md", "demo")
     assert text.count("\n## ") == 5
-    assert "pooled run-to-run standard deviation of repeated points is 0.50 points" in text
+    sd = f.pooled_sd(f.groups_of(summary(), within_split=True))
+    assert sd == pytest.approx(SD, rel=0.1)
+    assert f"pooled run-to-run standard deviation of repeated points, each split's difficulty taken out, " \
+           f"is {100 * sd:.2f} points" in text
     assert "- AnB+ minus BnB+ at n=1..7: +1.6 ± 0.3 points, expected above: holds" in text
+
+
+def test_a_splits_difficulty_is_not_noise():
+    """Split 1's halves 15 points easier for every net: the comparisons within splits are as sure."""
+    easier = summary(easier={"1": 0.15})
+    assert f.pooled_sd(f.groups_of(easier)) > 0.05
+    assert f.pooled_sd(f.groups_of(easier, within_split=True)) == pytest.approx(
+        f.pooled_sd(f.groups_of(summary(), within_split=True)))
+    assert verdicts(easier) == verdicts(summary())
 
 
 def test_a_smoke_run_judges_nothing(tmp_path):

@@ -17,7 +17,8 @@ base), with the control the paper itself uses:
   and larger than at n = 1..2 (they cost little low down and much from n = 3).
 
 The noise is measured, not assumed: the spread is the pooled standard deviation of the scores of
-repeated runs of the same treatment and n (the random splits, or seeds). A comparison of group
+repeated runs of the same treatment and n (the random splits, or seeds), each random-split score
+taken relative to its split (`groups_of`). A comparison of group
 means counts only beyond Z = 2 standard errors of that spread; "level" means within it. A finding
 "shows" when every comparison goes its way; "does not show" when one goes the other way beyond
 the spread; otherwise it is "inconclusive" (among others when no point was repeated, so no spread
@@ -95,16 +96,29 @@ def verdict(conditions: list[Condition], sd: float | None) -> str:
     return INCONCLUSIVE
 
 
-def groups_of(summary: dict) -> dict[tuple, list[float]]:
+def groups_of(summary: dict, within_split: bool = False) -> dict[tuple, list[float]]:
     """Run scores by (family, split kind, target half, n): the repeats of one point. The kind is
-    "halves" (random splits 0..3; as in the paper, AnB pools A->B and B->A), "natman" or "whole"."""
+    "halves" (random splits 0..3; as in the paper, AnB pools A->B and B->A), "natman" or "whole".
+
+    With `within_split`, each random-split run's score is taken relative to its split: minus the
+    mean of all runs with that split and target half, plus the mean of all random-split runs.
+    Halves of 10 classes differ in difficulty far more than halves of 1000 do, and every point
+    is measured on the same splits, so that difference is no noise of a comparison between points."""
+    runs = [r for r in summary["runs"] if r["score"] is not None]
+    offset: dict[tuple, float] = {}
+    if within_split:
+        halves = [r for r in runs if r["split"] in RANDOM_SPLITS]
+        blocks: dict[tuple, list[float]] = {}
+        for r in halves:
+            blocks.setdefault((r["split"], r["half"]), []).append(r["score"])
+        grand = statistics.fmean(r["score"] for r in halves) if halves else 0.0
+        offset = {b: statistics.fmean(v) - grand for b, v in blocks.items()}
     out: dict[tuple, list[float]] = {}
-    for run in summary["runs"]:
-        if run["score"] is None:
-            continue
+    for run in runs:
         kind = "halves" if run["split"] in RANDOM_SPLITS else run["split"] or "whole"
         half = None if kind == "halves" and run["family"] != "base" else run["half"]
-        out.setdefault((run["family"], kind, half, run["n"]), []).append(run["score"])
+        score = run["score"] - offset.get((run["split"], run["half"]), 0.0)
+        out.setdefault((run["family"], kind, half, run["n"]), []).append(score)
     return out
 
 
@@ -171,7 +185,7 @@ def _pp(value: float | None) -> str:
 
 def findings(summary: dict) -> list[dict]:
     """[{finding, paper, verdict, sd, conditions: [{what, expected, value, margin, outcome, groups}]}]."""
-    sd = pooled_sd(groups_of(summary))
+    sd = pooled_sd(groups_of(summary, within_split=True))
     out = []
     for name, (paper, conds) in conditions(summary).items():
         rows = [{"what": c.what, "expected": c.expected, "value": c.value(), "margin": c.margin(sd),
@@ -189,7 +203,8 @@ def write_findings(summary: dict, path: str | Path, title: str, judge: bool = Tr
         rows = [{**r, "verdict": "not judged (a smoke run: too small to judge anything)"} for r in rows]
     sd = rows[0]["sd"] if rows else None
     spread = ("no point was repeated, so no spread was measured and nothing can be judged" if sd is None
-              else f"the pooled run-to-run standard deviation of repeated points is {100 * sd:.2f} points")
+              else f"the pooled run-to-run standard deviation of repeated points, each split's difficulty "
+                   f"taken out, is {100 * sd:.2f} points")
     lines = [f"# {title}: the paper's findings at this scale", "",
              f"Scores are the paper's metric ({summary['metric']}); differences are in points "
              f"(percent of val top-1). Spread: {spread}. A difference counts only beyond {Z:g} standard "
