@@ -120,8 +120,8 @@ def test_findings_md_states_rule_numbers_and_spread(tmp_path):
     assert text.count("\n## ") == 5
     sd = f.pooled_sd(f.groups_of(summary(), within_split=True))
     assert sd == pytest.approx(SD, rel=0.1)
-    assert f"pooled run-to-run standard deviation of repeated points, each split's difficulty taken out, " \
-           f"is {100 * sd:.2f} points" in text
+    assert f"pooled run-to-run standard deviation of repeated points, each split's difficulty taken out " \
+           f"(of the means too), is {100 * sd:.2f} points" in text
     assert "- AnB+ minus BnB+ at n=1..7: +1.6 ± 0.3 points, expected above: holds" in text
 
 

@@ -132,8 +132,9 @@ def pooled_sd(groups: dict[tuple, list[float]]) -> float | None:
 
 
 def conditions(summary: dict) -> dict[str, tuple[str, list[Condition]]]:
-    """Finding -> (the paper's result, the comparisons that judge it here)."""
-    groups = groups_of(summary)
+    """Finding -> (the paper's result, the comparisons that judge it here), on scores relative to
+    their split (the same means as the raw scores' where every point has run on every split)."""
+    groups = groups_of(summary, within_split=True)
     base_half = summary.get("base_half")
 
     def pick(label: str, family: str, kind: str = "halves", half: str | None = None, ns=(None,)) -> Group:
@@ -204,7 +205,7 @@ def write_findings(summary: dict, path: str | Path, title: str, judge: bool = Tr
     sd = rows[0]["sd"] if rows else None
     spread = ("no point was repeated, so no spread was measured and nothing can be judged" if sd is None
               else f"the pooled run-to-run standard deviation of repeated points, each split's difficulty "
-                   f"taken out, is {100 * sd:.2f} points")
+                   f"taken out (of the means too), is {100 * sd:.2f} points")
     lines = [f"# {title}: the paper's findings at this scale", "",
              f"Scores are the paper's metric ({summary['metric']}); differences are in points "
              f"(percent of val top-1). Spread: {spread}. A difference counts only beyond {Z:g} standard "
