@@ -8,6 +8,7 @@ authors' renderings (`convnet_transfer/plots/cached_plots/`).
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 import matplotlib
@@ -16,6 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from caffe_transfer.common.atomic import write_atomic  # noqa: E402
+from caffe_transfer.results.findings import groups_of  # noqa: E402
 
 STYLE = {  # family: (label, marker, face colour, x offset)
     "base": ("baseB", "o", "white", 0.0),
@@ -62,12 +64,19 @@ def figure2(summary: dict, out_dir: Path) -> list[Path]:
         xs, ys = _points(summary, family)
         if xs:
             top.scatter(xs, ys, marker=marker, s=55, facecolor=color, edgecolor="black", linewidth=0.7, label=label)
-    base, base_sd = summary["base_mean"], summary.get("base_sd")
-    sds = summary.get("layers_sd", {})
+    base = summary["base_mean"]
+    # The bars: run-to-run SD of each point's repeats, each split's difficulty taken out, as the
+    # findings judge them (across splits of 10 classes the halves' difficulty would dominate).
+    groups = groups_of(summary, within_split=True)
+
+    def sd(key: tuple) -> float | None:
+        return statistics.stdev(groups[key]) if len(groups.get(key, ())) > 1 else None
+
+    base_sd = sd(("base", "halves", summary.get("base_half"), None))
+    sds = {f: [sd((f, "halves", None, n)) for n in LAYERS] for f in ("BnB", "BnB+", "AnB", "AnB+")}
     for family in ("BnB", "BnB+", "AnB", "AnB+"):
         label, marker, color, offset = STYLE[family]
-        pts = [(n, v, sd) for n, v, sd in zip(LAYERS, summary["layers"][family], sds.get(family, [None] * 7))
-               if v is not None]
+        pts = [(n, v, sd) for n, v, sd in zip(LAYERS, summary["layers"][family], sds[family]) if v is not None]
         if base is not None:
             pts = [(0, base, None)] + pts
         if len(pts) > 1:
@@ -88,8 +97,8 @@ def figure2(summary: dict, out_dir: Path) -> list[Path]:
         ax.legend(loc="lower left", fontsize=9)
     bottom.set_xlabel("Layer $n$ at which the network is chopped and retrained")
     top.set_title("Figure 2: transfer between random A/B halves" + (f"\n{summary['title']}" if summary.get("title") else ""))
-    if sds:
-        bottom.set_title("means over repeats; bars: one standard deviation of the runs", fontsize=9)
+    if base_sd is not None or any(v is not None for v in sum(sds.values(), [])):
+        bottom.set_title("means over repeats; bars: one standard deviation of the runs (within splits)", fontsize=9)
     return _save(fig, out_dir, "figure2")
 
 
