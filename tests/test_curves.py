@@ -110,3 +110,17 @@ def test_a_fresh_run_is_judged_by_the_authors_spread_not_the_parsers_tolerance()
                                "table1": {}, "runs": []}, list(rows.values()), [], [])
     assert "within the authors' spread  OFF  base_mean" in text
     assert "(SD 0.0055 of their 8 bases; 1 run of full)" in text
+
+
+def test_the_report_asks_the_run_folder_whether_a_gen_run_is_done(tmp_path):
+    """A log that reached max_iter is not a finished run when the folder has no final snapshot
+    (a log copied in, or the snapshots deleted): the report says what the run folder says."""
+    from caffe_transfer.runs.gen import write_runs
+
+    runs = tmp_path / "runs"
+    write_runs({runs / "half0A": parse("half0A")}, GenOptions(arch="small", gpu=False, solver={"max_iter": 40}))
+    write_log(runs / "half0A", {i: 0.5 for i in (0, 20, 40)})
+    result, _ = report.collect(runs)
+    assert result[0].last_iteration == 40 and not result[0].finished
+    (problem,) = report.incomplete_runs(result)[0]["problems"]
+    assert problem.startswith(f"{result[0].state[0].value} at iteration 40 of 40")

@@ -29,6 +29,7 @@ from caffe_transfer.results import curves
 from caffe_transfer.results.findings import Z
 from caffe_transfer.results.paper import compare_with_paper
 from caffe_transfer.runs import logs
+from caffe_transfer.runs.folder import Run, State
 
 METRIC = "mean of the 10 highest val top-1 accuracies over all test evaluations (logs merged by iteration, later file winning)"
 FAMILIES = ("BnB", "AnB", "BnB+", "AnB+")
@@ -46,10 +47,22 @@ class RunResult:
     files: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     curve: curves.CurveCheck | None = None
+    state: tuple[State, str] | None = None  # as the run folder's owner says, for folders gen wrote
 
     @property
     def finished(self) -> bool:
+        """Done, as the run folder says (its final snapshot, of this version of the folder); for
+        the authors' folders, which have no snapshots, a log that reached max_iter."""
+        if self.state is not None:
+            return self.state[0] is State.DONE
         return self.last_iteration is not None and self.last_iteration >= self.max_iter
+
+
+def _state(folder: Path) -> tuple[State, str] | None:
+    try:
+        return Run.load(folder).state()
+    except CaffeTransferError:  # not a folder of this version of gen (the authors', or an older one)
+        return None
 
 
 def _collect_one(folder: Path) -> RunResult:
@@ -59,7 +72,7 @@ def _collect_one(folder: Path) -> RunResult:
     last = max([tables.last_iteration or 0] + [r["NumIters"] for r in tables.test]) if tables.files else None
     return RunResult(folder.name, treatment, logs.score(acc), len(acc), last, int(solver["max_iter"]),
                      [p.name for p in tables.files], tables.problems,
-                     curves.compare(folder.name, treatment, solver, arch, tables.test))
+                     curves.compare(folder.name, treatment, solver, arch, tables.test), _state(folder))
 
 
 def collect(results_dirs: str | Path | list[Path], workers: int | None = None) -> tuple[list[RunResult], list[str]]:
@@ -168,7 +181,11 @@ def incomplete_runs(runs: list[RunResult]) -> list[dict]:
         reasons = list(r.problems)
         if r.evaluations == 0 and r.files:
             reasons.append("no test evaluations")
-        if r.files and not r.finished:
+        if r.state is not None and not r.finished:
+            state, detail = r.state
+            reasons.append(f"{state.value} at iteration {r.last_iteration or 0} of {r.max_iter}"
+                           + (f" ({detail})" if detail else ""))
+        elif r.files and not r.finished:
             reasons.append(f"stopped at iteration {r.last_iteration} of {r.max_iter}")
         if reasons:
             out.append({"name": r.folder, "problems": reasons})
