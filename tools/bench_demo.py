@@ -31,7 +31,7 @@ def main() -> None:
             result = run_demo(tmp, name, progress=False)
             minutes, cpu = (time.perf_counter() - start) / 60, _cpu() - cpu
             runs = sum(len(v) for v in grid(PRESETS[name]).values())
-            print(f"{name}: {result.grid.count('finished')}/{runs} runs, {PRESETS[name].solver['max_iter']} "
+            print(f"{name}: {result.grid.trained}/{runs} runs, {PRESETS[name].solver['max_iter']} "
                   f"iterations each, {minutes:.1f} min wall, {cpu:.0f} CPU-s "
                   f"(= {cpu / cores / 60:.1f} min on {cores} idle cores)")
 
