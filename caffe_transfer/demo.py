@@ -27,6 +27,7 @@ from caffe_transfer.data.lists import write_whole_lists
 from caffe_transfer.data.lmdb import BuildOptions, build
 from caffe_transfer.data.splits import random_halves, split_datasets, write_splits
 from caffe_transfer.grid.scheduler import GridResult, run_grid
+from caffe_transfer.model.architectures import architecture
 from caffe_transfer.model.treatments import N_TRANSFERABLE, Kind, Treatment
 from caffe_transfer.runs.gen import GenOptions, write_runs
 
@@ -35,8 +36,7 @@ PACKAGE = "dataset-fashion-mnist"
 CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot")
 GARMENTS = (0, 1, 2, 3, 4, 6)      # the dissimilar split's half A (in the place of "natural")
 FOOTWEAR_AND_BAGS = (5, 7, 8, 9)   # half B (in the place of "man-made")
-IMAGE_SIZE = 32                    # the small architecture's stored size (28x28 crops)
-VAL_BATCH = 100                    # the small architecture's val batch
+ARCH = architecture("small", len(CLASSES))  # the demo's net: its image size and val batch
 
 
 @dataclass(frozen=True)
@@ -63,13 +63,14 @@ def _schedule(max_iter: int, stepsize: int, test_interval: int) -> dict:
 
 
 PRESETS = {
-    # Schedules from measured curves of baseB (docs/demo.md): at base_lr 0.01 val accuracy rises
-    # steeply for about 100 iterations and slowly after (200 images per class: 0.64 at 100, 0.78
-    # at 600; 1000 per class: 0.87 at 1400, still rising); the rate steps down by 10 there.
+    # Schedules from measured curves of baseB on split 0 (docs/demo.md): at base_lr 0.01 the small
+    # net's val accuracy rises steeply for about 200 iterations, slowly to about 2000 and is flat
+    # after, and flat within 100 iterations of a step down by 10. The standard preset steps where its
+    # budget (15 minutes on 2 cores with the Caffe build) allows, long after the flat part begins.
     "quick": Preset("quick", 100, 20, _schedule(40, 30, 10), splits=("0",), judges=False),
-    "standard": Preset("standard", 200, 100, _schedule(150, 100, 10), splits=("0", "1"),
+    "standard": Preset("standard", 200, 100, _schedule(1400, 1100, 50), splits=("0", "1"),
                        dissimilar=True, random=True),
-    "long": Preset("long", 1000, 200, _schedule(3000, 2000, 100), splits=("0", "1", "2", "3"),
+    "long": Preset("long", 1000, 200, _schedule(4000, 3200, 100), splits=("0", "1", "2", "3"),
                    seeds=4, dissimilar=True, random=True),
 }
 
@@ -159,7 +160,7 @@ def prepare_data(out: Path, preset: Preset, progress: bool = True) -> Path:
         for subset, root in (("train", "train"), ("valid", "test")):
             folder = data / f"{name}_{subset}"
             build(folder / "files.txt", images / root, folder,
-                  BuildOptions(resize=IMAGE_SIZE, gray=True), progress=progress)
+                  BuildOptions(resize=ARCH.image_size, gray=True), progress=progress)
     return data
 
 
@@ -191,8 +192,8 @@ def write_grid(out: Path, data: Path, preset: Preset) -> list[Path]:
             folders.append(folder)
             if (folder / "treatment.json").is_file():
                 continue
-            test_iter = -(-sizes[t.val_set.removesuffix("_valid")] // VAL_BATCH)
-            write_runs({folder: t}, GenOptions(arch="small", data_root=data, fc8_outputs="classes", gpu=False,
+            test_iter = -(-sizes[t.val_set.removesuffix("_valid")] // ARCH.val_batch)
+            write_runs({folder: t}, GenOptions(arch=ARCH.name, data_root=data, fc8_outputs="classes", gpu=False,
                                                solver={**preset.solver, **seed, "test_iter": test_iter}))
     return folders
 

@@ -400,14 +400,15 @@ def test_an_unexpected_error_keeps_its_traceback_with_a_note(monkeypatch, capsys
 
 @pytest.mark.slow
 def test_a_full_disk_during_train_shows_caffes_error_first(tmp_path, pb2):
-    """The run folder on a 1 MB tmpfs: Caffe cannot write its first snapshot, and then status.json
-    cannot be written either; the one line leads with Caffe's error."""
+    """The run folder on a 96 kB tmpfs: Caffe cannot write its first snapshot (about 60 kB for the
+    small net, after the folder and its log), and then status.json cannot be written either; the
+    one line leads with Caffe's error."""
     from tests.conftest import make_data_root
 
     data = make_data_root(tmp_path / "data", {"half0A_train", "half0A_valid"}, 32, 8, 3, pb2)
     disk = tmp_path / "disk"
     disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True).returncode:
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(disk)], capture_output=True).returncode:
         pytest.skip("cannot mount a small tmpfs here (needs root)")
     try:
         gen.write_runs({disk / "run": parse("half0A")}, gen.GenOptions(

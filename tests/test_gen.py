@@ -158,8 +158,8 @@ def test_small_architecture_keeps_the_eight_weight_layers_in_order(tmp_path, caf
     gen.write_runs({run: parse("transfer0A0B_1_4")}, gen.GenOptions(arch="small", data_root=root, fc8_outputs=5))
     net = caffe.Net(str(run / "train_val.prototxt"), caffe.TRAIN)
     assert list(net.params) == ["conv1", "conv2", "conv3", "conv4", "conv5-new", "fc6-new", "fc7-new", "fc8-new"]
-    assert net.params["fc8-new"][0].data.shape == (5, 256)
-    assert net.blobs["data"].data.shape[2:] == (28, 28)
+    assert net.params["fc8-new"][0].data.shape == (5, 64)
+    assert net.blobs["data"].data.shape[2:] == (14, 14)
 
 
 def test_gen_refuses_to_overwrite_a_run_with_snapshots(tmp_path):

@@ -170,13 +170,13 @@ def _drop_conv2(net) -> None:
 
 def _reshape_conv3(net) -> None:
     blob = next(layer for layer in net.layer if layer.name == "conv3").blobs[0]
-    blob.shape.dim[0] = 48
+    blob.shape.dim[0] = 12
     del blob.data[len(blob.data) // 2:]
 
 
 @pytest.mark.parametrize("edit,message", [
     (_drop_conv2, r"has no layer 'conv2'"),
-    (_reshape_conv3, r"layer 'conv3' blob 0: base .* has shape \[48, 64, 3, 3\], the net needs \[96, 64, 3, 3\]"),
+    (_reshape_conv3, r"layer 'conv3' blob 0: base .* has shape \[12, 16, 3, 3\], the net needs \[24, 16, 3, 3\]"),
 ])
 @pytest.mark.slow  # trains with real Caffe
 def test_a_base_that_does_not_fit_is_refused_before_anything_is_written(runs, data_root, tmp_path, edit, message):

@@ -34,6 +34,7 @@ from caffe_transfer.common.atomic import write_atomic
 from caffe_transfer.common.errors import CaffeTransferError
 from caffe_transfer.data.lmdb.datum import datum_parts, write_mean
 from caffe_transfer.grid import plan
+from caffe_transfer.model.architectures import architecture
 from caffe_transfer.model.treatments import parse
 from caffe_transfer.runs import gen
 from caffe_transfer.runs.folder import SNAPSHOT_DIR, snapshot_file, snapshot_prefix
@@ -270,8 +271,7 @@ def main() -> None:
     if gpu:
         report["gpu"] = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,compute_cap,memory.total",
                                         "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
-    size = 256 if cfg["arch"] == "caffenet" else 32
-    data = make_data(out / "data", size, cfg["images"])
+    data = make_data(out / "data", architecture(cfg["arch"], CLASSES).image_size, cfg["images"])
     engines = ["caffe", "cudnn"] if report["cudnn"] else ["caffe"]
     report["time"] = [time_net(cfg, data, out, e, gpu) for e in engines]
     report["train"] = train_transfer(cfg, data, out, gpu)
