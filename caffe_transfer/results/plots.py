@@ -94,7 +94,8 @@ def figure2(summary: dict, out_dir: Path) -> list[Path]:
         ax.set_ylabel("Top-1 accuracy (higher is better)")
         ax.set_xlim(-0.4, 7.4)
         ax.grid(alpha=0.25)
-        ax.legend(loc="lower left", fontsize=9)
+        if ax.get_legend_handles_labels()[0]:  # a report with no runs of a family draws no legend
+            ax.legend(loc="lower left", fontsize=9)
     bottom.set_xlabel("Layer $n$ at which the network is chopped and retrained")
     top.set_title("Figure 2: transfer between random A/B halves" + (f"\n{summary['title']}" if summary.get("title") else ""))
     if base_sd is not None or any(v is not None for v in sum(sds.values(), [])):
