@@ -35,7 +35,7 @@ def report_grid(result, when: str = "") -> None:
               help="Folder for data, runs and report (run again to continue).")
 @click.option("--preset", default="standard", show_default=True, type=click.Choice(["quick", "standard", "long"]),
               help="standard: the grid with repeats, sized for 2 cores (docs/demo.md); quick: a 2-minute "
-                   "smoke run that judges nothing; long: more data and training, hours on 2 cores.")
+                   "smoke run that judges nothing; long: more data, converged bases, about an hour on 2 cores.")
 @click.option("--workers", type=click.IntRange(min=1), help="Runs trained at once (default: one per core).")
 def demo(out, preset, workers) -> None:
     """The scaled-down reproduction on Fashion-MNIST, CPU only: data, grid, training, report.
