@@ -30,6 +30,7 @@ from caffe_transfer.data.lmdb import (
     load_image,
     order,
     read_mean,
+    space,
     target,
     workers,
     writer,
@@ -656,14 +657,48 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
-def test_a_full_disk_is_one_line_and_the_rerun_resumes(tmp_path, small_disk):
+@pytest.mark.parametrize("resize", [64, 0], ids=["reserved", "sizes-vary"])
+def test_a_full_disk_is_one_line_and_the_rerun_resumes(resize, tmp_path, small_disk):
+    """Raw Datums of one size are reserved before any is written, so a disk too small fails at
+    once; Datums whose sizes vary fill the disk as they are written, and fail there."""
     mount, grow = small_disk
-    list_file, images, reference = _with_reference(tmp_path, 300, (96, 72), BuildOptions(resize=64))  # 5 MB
+    list_file, images, reference = _with_reference(tmp_path, 300, (96, 72), BuildOptions(resize=resize))  # 5-6 MB
     out = mount / "out"
-    _one_line_error(_make_lmdb(list_file, images, out, "--resize", "64"), "no space left on the disk",
+    _one_line_error(_make_lmdb(list_file, images, out, "--resize", str(resize)), "no space left on the disk",
                     "run the same command again")
     assert not (out / "COMPLETE").exists()
+    data = (out / "lmdb.partial" / "data.mdb").stat()
+    if resize:
+        assert data.st_size < 64 << 10, "records were written before the disk was found too small"
+        assert data.st_blocks * 512 <= data.st_size + 4096, "the failed reservation's blocks were kept"
+    else:
+        assert data.st_size > 1 << 20, "the build did not get as far as filling the disk"
     grow(64)
-    again = _make_lmdb(list_file, images, out, "--resize", "64")
+    again = _make_lmdb(list_file, images, out, "--resize", str(resize))
     assert again.exit_code == 0, again.output
     _assert_same(out / "lmdb", out / "mean.binaryproto", reference)
+
+
+def test_raw_datums_reserve_their_disk_before_they_are_written_and_give_back_the_rest(tmp_path):
+    list_file = _jpegs(tmp_path / "img", 40, (96, 72))
+    options = BuildOptions(resize=64)
+    result = build(list_file, tmp_path / "img", tmp_path / "out", options, progress=False)
+    entries = [(path, int(label)) for path, label in (line.split() for line in list_file.read_text().splitlines())]
+    one = target.Target(list_file, tmp_path / "again", entries, {})
+    reserved = space.reservation(one, options)
+    finished = (result.lmdb / "data.mdb").stat()
+    assert finished.st_size <= reserved < 1.2 * finished.st_size  # a bound on the records' pages, and a close one
+    assert finished.st_blocks * 512 <= finished.st_size + 4096, "the unused reservation was kept past the end"
+    one.lock()
+    one.open(force=False)
+    try:
+        one.reserve(reserved)
+        data = (one.partial / "data.mdb").stat()
+        assert data.st_blocks * 512 >= reserved and data.st_size < 64 << 10  # taken, past the end
+        need = space.estimate([(tmp_path / "img", [one])], options)[0]
+        assert need.present >= need.raw, "a rerun's disk plan would count the reservation twice"
+    finally:
+        one.close()
+        one.unlock()
+    assert space.reservation(one, BuildOptions(resize=64, encoded=True)) == 0
+    assert space.reservation(one, BuildOptions(resize=0)) == 0

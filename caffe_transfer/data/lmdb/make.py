@@ -23,6 +23,7 @@ import numpy as np
 
 from caffe_transfer.common.caffe_env import caffe_pb2
 from caffe_transfer.common.errors import CaffeTransferError
+from caffe_transfer.data.lmdb import space
 from caffe_transfer.data.lmdb.datum import Slots
 from caffe_transfer.data.lmdb.decode import BuildOptions, Item, keep_freed_heap
 from caffe_transfer.data.lmdb.target import Target, settings
@@ -193,6 +194,7 @@ def _run(todo: list[tuple[Path, list[Target]]], options: BuildOptions, force: bo
     for _, targets in todo:
         for target in targets:
             target.open(force)
+            target.reserve(space.reservation(target, options))
     unions = [Union(targets, options) for _, targets in todo]
     bar = None
     if progress and todo:

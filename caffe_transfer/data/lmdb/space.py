@@ -3,7 +3,7 @@ disk is short.
 
 Raw Datums of a fixed size take the same pages each; encoded ones (and raw ones of unresized
 images) are estimated from a sample of each pass's images, converted as the build converts them.
-What a half-built LMDB already holds is counted as written.
+What a half-built LMDB already holds, or has reserved (`reservation`), is counted as written.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from caffe_transfer.common.errors import CaffeTransferError
+from caffe_transfer.data.lmdb.datum import HEADER_MAX
 from caffe_transfer.data.lmdb.decode import BuildOptions, Converter, Item
 from caffe_transfer.data.lmdb.target import Target
 from caffe_transfer.data.lmdb.writer import footprint
@@ -58,8 +59,18 @@ def estimate(todo: list[tuple[Path, list[Target]]], options: BuildOptions) -> li
         for t in targets:
             data = t.partial / "data.mdb"
             needs.append(Need(t.out_dir, len(t.entries), int(raw * len(t.entries)), int(encoded * len(t.entries)),
-                              data.stat().st_size if data.is_file() else 0))
+                              data.stat().st_blocks * 512 if data.is_file() else 0))
     return needs
+
+
+def reservation(target: Target, options: BuildOptions) -> int:
+    """Bytes to reserve on disk for `target`'s LMDB before it is written (`Target.reserve`):
+    every record's pages when its Datums are raw of one size, nothing when sizes vary (encoded,
+    or --resize 0), which are taken as they are written."""
+    if options.encoded or not options.resize:
+        return 0
+    length = HEADER_MAX + (1 if options.gray else 3) * options.resize ** 2
+    return sum(footprint(f"{n:08d}_{path}".encode(), length) for n, (path, _) in enumerate(target.entries))
 
 
 def gb(size: float) -> str:
