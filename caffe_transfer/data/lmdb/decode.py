@@ -35,6 +35,14 @@ class BuildOptions:
     workers: int | None = None  # None: all cores
     gray: bool = False
 
+    @property
+    def raw_shape(self) -> tuple[int, int, int] | None:
+        """C,H,W of every Datum when all are raw of one size; None when sizes vary (encoded, or
+        --resize 0)."""
+        if self.encoded or not self.resize:
+            return None
+        return (1 if self.gray else 3), self.resize, self.resize
+
 
 class Item(NamedTuple):
     """An image to convert: its position in the build's order, its path and the label its Datum

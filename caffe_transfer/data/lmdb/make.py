@@ -110,10 +110,8 @@ class Union:
 
 
 def _slots(options: BuildOptions, count: int) -> Slots | None:
-    if options.encoded or not options.resize:
-        return None  # sizes vary: pickled bytes instead
-    channels = 1 if options.gray else 3
-    return Slots(count, (channels, options.resize, options.resize), CHUNK)
+    shape = options.raw_shape
+    return Slots(count, shape, CHUNK) if shape else None  # sizes vary: pickled bytes instead
 
 
 def build(list_file: str | Path, image_root: str | Path, out_dir: str | Path,

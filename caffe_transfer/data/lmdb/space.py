@@ -16,7 +16,7 @@ from caffe_transfer.common.errors import CaffeTransferError
 from caffe_transfer.data.lmdb.datum import HEADER_MAX
 from caffe_transfer.data.lmdb.decode import BuildOptions, Converter, Item
 from caffe_transfer.data.lmdb.target import Target
-from caffe_transfer.data.lmdb.writer import footprint
+from caffe_transfer.data.lmdb.writer import datum_key, footprint
 
 SAMPLE = 24  # images converted per pass to estimate the bytes per image
 
@@ -45,7 +45,7 @@ def _per_image(root: Path, paths: list[str], options: BuildOptions) -> tuple[flo
                 payload, _ = converter.one(Item(0, path, 0), 0, 0)
             except Exception:  # noqa: BLE001 - an unreadable image is the build's to report
                 continue
-            bytes_.append(footprint(f"{0:08d}_{path}".encode(), len(payload)))
+            bytes_.append(footprint(datum_key(0, path), len(payload)))
         sizes.append(sum(bytes_) / len(bytes_) if bytes_ else 0.0)
     return sizes[0], sizes[1]
 
@@ -67,10 +67,11 @@ def reservation(target: Target, options: BuildOptions) -> int:
     """Bytes to reserve on disk for `target`'s LMDB before it is written (`Target.reserve`):
     every record's pages when its Datums are raw of one size, nothing when sizes vary (encoded,
     or --resize 0), which are taken as they are written."""
-    if options.encoded or not options.resize:
+    shape = options.raw_shape
+    if not shape:
         return 0
-    length = HEADER_MAX + (1 if options.gray else 3) * options.resize ** 2
-    return sum(footprint(f"{n:08d}_{path}".encode(), length) for n, (path, _) in enumerate(target.entries))
+    length = HEADER_MAX + shape[0] * shape[1] * shape[2]
+    return sum(footprint(datum_key(n, path), length) for n, (path, _) in enumerate(target.entries))
 
 
 def gb(size: float) -> str:

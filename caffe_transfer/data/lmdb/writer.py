@@ -130,6 +130,11 @@ def _room(env: lmdb.Environment) -> int:
     return info["map_size"] - (info["last_pgno"] + 1) * env.stat()["psize"]
 
 
+def datum_key(number: int, path: str) -> bytes:
+    """A Datum's key, as convert_imageset writes it: its position in the LMDB's order, then its path."""
+    return f"{number:08d}_{path}".encode()
+
+
 def footprint(key: bytes, length: int) -> int:
     """An upper bound on the map bytes one record takes (a value of `length` bytes, or of a few
     more for another label): its value's overflow pages plus its key and node in a leaf page, and
@@ -273,7 +278,7 @@ def write(targets: list[Target], members: Members, results: Iterable[Converted],
                 d = datums.add(record.payload, own[0][2])
                 for t, number, label in own:
                     if t in puts:
-                        puts[t].append((f"{number:08d}_{record.path}".encode(), d, label))
+                        puts[t].append((datum_key(number, record.path), d, label))
                         if record.warning:
                             targets[t].state.note(targets[t].state.warned, record.path, record.warning)
             need = {t: sum(footprint(key, datums.length(d)) for key, d, _ in items) + targets[t].state.footprint(total)
