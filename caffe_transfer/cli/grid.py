@@ -11,6 +11,7 @@ from caffe_transfer.cli.options import (
     estimate_options,
     experiment_options,
     net_options,
+    packing_options,
     slurm_options,
 )
 from caffe_transfer.cli.types import GpuList, ScriptPath, existing_dir, out_dir
@@ -59,35 +60,42 @@ def demo(out, preset, workers) -> None:
               help="Plan folder (one run folder per net).")
 @click.option("--force", is_flag=True, help="Overwrite run folders that already hold snapshots.")
 @net_options
+@packing_options
 @slurm_options
 @estimate_options
-def plan(experiments, splits, out, force, options, slurm, estimate) -> None:
+def plan(experiments, splits, out, force, options, packing, slurm, estimate) -> None:
     """Write the run folders of (part of) the grid and plan.json, the dependency graph.
 
-    Prints the number of runs, the critical path and, with --iter-seconds, GPU-hours and
-    wall-clock time on --gpus GPUs."""
+    Prints the number of runs, the critical path and, with --iter-seconds or the GPU check's
+    --rates, GPU-hours and wall-clock time on --gpus GPUs at --nets-per-gpu runs per GPU."""
     from caffe_transfer.grid.make import make_plan
 
-    p = make_plan(out, experiments, splits, options, force=force, slurm=slurm, cost=estimate)
+    p = make_plan(out, experiments, splits, options, force=force, slurm=slurm, cost=estimate, packing=packing)
     click.echo(f"wrote {len(p.runs)} run folders and {p.path}: {p.bases} bases with dependants, "
                f"{p.transfers} transfers, {p.iterations:,} iterations in all")
     click.echo(f"critical path: {' -> '.join(p.critical_path)}")
     if p.submit:
-        click.echo(f"wrote SLURM job arrays; submit them with {p.submit}")
+        click.echo(f"wrote SLURM job arrays ({p.packing.nets_per_gpu} run(s) per task); submit them with {p.submit}")
     if p.cost:
         e = p.cost
-        click.echo(f"at {e['iter_seconds']} s/iteration: {e['gpu_hours']:,.0f} GPU-hours "
+        priced = (f"priced by {p.rates.path} ({p.rates.device}, {e['iter_seconds']:.4f} GPU-s/iteration on "
+                  f"average)" if p.rates else f"at {e['iter_seconds']} s/iteration")
+        click.echo(f"{priced}, {e['nets_per_gpu']} run(s) per GPU: {e['gpu_hours']:,.0f} GPU-hours "
                    f"({e['gpu_hours'] / 24:,.1f} GPU-days); on {e['gpus']} GPU(s) {e['wall_hours']:,.0f} h "
                    f"wall-clock (critical path {e['critical_path_hours']:,.0f} h)")
+    if p.rates and p.rates.recommended != p.packing.nets_per_gpu:
+        click.echo(f"the check recommends --nets-per-gpu {p.rates.recommended} on its card")
 
 
 @click.command("run-all")
 @click.argument("plan_dir", type=existing_dir())
-@click.option("--gpus", type=GpuList(), help="Comma-separated GPU ids, one run per GPU, e.g. 0,1,2,3.")
-@click.option("--cpu-workers", type=click.IntRange(min=1), help="Runs at once on the CPU instead (default: 1).")
+@click.option("--gpus", type=GpuList(), help="Comma-separated GPU ids, e.g. 0,1,2,3.")
+@click.option("--cpu-workers", type=click.IntRange(min=1), help="Train on the CPU instead, as K workers (default: 1).")
+@click.option("--nets-per-gpu", type=click.IntRange(min=1),
+              help="Runs at once on each GPU (or CPU worker), each its own Caffe (default: the plan's).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def run_all(plan_dir, gpus, cpu_workers, quiet) -> None:
-    """Train every run of a plan: bases before their transfers, one run per device.
+def run_all(plan_dir, gpus, cpu_workers, nets_per_gpu, quiet) -> None:
+    """Train every run of a plan: bases before their transfers, up to --nets-per-gpu runs per device.
 
     Finished runs are skipped and stopped ones resume; a failed run holds back only its
     dependants. Ctrl-C or SIGTERM makes every running Caffe snapshot before it stops."""
@@ -95,7 +103,7 @@ def run_all(plan_dir, gpus, cpu_workers, quiet) -> None:
 
     if gpus and cpu_workers:
         raise click.UsageError("give --gpus or --cpu-workers, not both")
-    result = run_plan(plan_dir, workers=cpu_workers or 1, gpus=gpus, progress=not quiet)
+    result = run_plan(plan_dir, workers=cpu_workers or 1, gpus=gpus, nets_per_gpu=nets_per_gpu, progress=not quiet)
     report_grid(result)
     if not result.complete:
         raise SystemExit(1)

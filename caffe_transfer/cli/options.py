@@ -12,10 +12,12 @@ from caffe_transfer.cli.types import (
     CommaList,
     FcOutputs,
     PositiveFloat,
+    RatesFile,
     ScriptLine,
     SolverOverride,
     out_dir,
 )
+from caffe_transfer.grid.packing import DEFAULT_DATA_THREADS, Packing
 from caffe_transfer.model.architectures import ARCHITECTURES
 from caffe_transfer.model.treatments import N_TRANSFERABLE, SPLIT_IDS
 
@@ -102,8 +104,9 @@ def _slurm(scheduler, cpus_per_task, grace, sbatch_args) -> dict | None:
 slurm_options = option_group("SLURM", "slurm", [
     (("--scheduler",), dict(type=click.Choice(["none", "slurm"]), default="none", show_default=True,
                             help="slurm: also write job arrays and submit.sh under OUT/slurm.")),
-    (("--cpus-per-task",), dict(type=click.IntRange(min=1), default=1, show_default=True,
-                                help="CPUs per run (OpenBLAS threads).")),
+    (("--cpus-per-task",), dict(type=click.IntRange(min=1),
+                                help="CPUs per array task, shared by its runs (default: a GPU plan "
+                                "nets-per-gpu x (data-threads + 1), a CPU plan one per run).")),
     (("--grace",), dict(type=click.IntRange(0, 65535), default=120, show_default=True,
                         help="Seconds before the time limit at which a run snapshots and requeues.")),
     (("--sbatch-arg", "sbatch_args"), dict(multiple=True, type=ScriptLine(),
@@ -111,16 +114,31 @@ slurm_options = option_group("SLURM", "slurm", [
 ], _slurm)
 
 
-def _estimate(iter_seconds, gpu_count) -> dict | None:
-    return {"iter_seconds": iter_seconds, "gpus": gpu_count} if iter_seconds else None
+def _estimate(iter_seconds, rates, gpu_count) -> dict | None:
+    if iter_seconds and rates:
+        raise click.UsageError("give --iter-seconds or --rates, not both")
+    return {"iter_seconds": iter_seconds, "rates": rates, "gpus": gpu_count} if iter_seconds or rates else None
 
 
 estimate_options = option_group("Cost estimate", "estimate", [
     (("--iter-seconds",), dict(type=PositiveFloat(),
-                               help="Seconds per iteration: print GPU-hours and wall-clock time.")),
+                               help="GPU seconds per iteration of every run (at --nets-per-gpu N: the "
+                               "aggregate, N runs' time per iteration / N): print GPU-hours and wall-clock time.")),
+    (("--rates",), dict(type=RatesFile(), help="The GPU check's gpu_check.json: price each net by its kind's "
+                        "measured rate and the packing, and print GPU-hours and wall-clock time.")),
     (("--gpus", "gpu_count"), dict(type=click.IntRange(min=1), default=1, show_default=True,
                                    help="GPUs for the wall-clock estimate.")),
 ], _estimate)
+
+
+packing_options = option_group("Sharing each GPU", "packing", [
+    (("--nets-per-gpu",), dict(type=click.IntRange(min=1), default=1, show_default=True,
+                               help="Runs trained at once on each GPU, each its own Caffe (recorded in the "
+                               "plan: run-all, SLURM and the estimate use it; docs/gpu.md: choosing N).")),
+    (("--data-threads",), dict(type=click.IntRange(min=0), default=DEFAULT_DATA_THREADS, show_default=True,
+                               help="CAFFE_DATA_THREADS of each GPU run: the DataLayer's transform threads "
+                               "(0: stock Caffe's one thread); sizes SLURM's --cpus-per-task.")),
+], Packing)
 
 
 def experiment_options(f):

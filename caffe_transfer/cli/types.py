@@ -133,6 +133,17 @@ class ScriptLine(_Type):
         return one_line(value, "argument")
 
 
+class RatesFile(_Type):
+    """The GPU check's gpu_check.json, read and checked (`grid.rates`)."""
+
+    name = "FILE"
+
+    def parse(self, value, param, ctx):
+        from caffe_transfer.grid.rates import read_rates
+
+        return read_rates(existing_file().convert(value, param, ctx))
+
+
 class LmdbFolder(click.Path):
     """make-lmdb's OUT_DIR: a folder (made if missing) whose `lmdb` and `lmdb.partial` are its
     own, since the build renames one onto the other and deletes the partial one on --force."""

@@ -1,11 +1,13 @@
 """`caffe-transfer plan` as one call: the run folders and plan.json of a selection of the grid,
-its SLURM job arrays when asked, and its cost when a time per iteration is given."""
+its SLURM job arrays when asked, and its cost when a time per iteration or the GPU check's rates
+are given."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
+from caffe_transfer.grid.packing import Packing
 from caffe_transfer.grid.plan import (
     PlanRun,
     critical_path,
@@ -14,7 +16,9 @@ from caffe_transfer.grid.plan import (
     select,
     write_plan,
 )
+from caffe_transfer.grid.rates import Rates
 from caffe_transfer.grid.slurm import write_slurm
+from caffe_transfer.model.treatments import parse
 from caffe_transfer.runs.gen import GenOptions
 
 
@@ -25,8 +29,10 @@ class PlanSummary:
     path: Path
     runs: list[PlanRun]
     critical_path: list[str]
+    packing: Packing = Packing()
     submit: Path | None = None  # SLURM's submit.sh, when asked for
-    cost: dict | None = None  # `plan.estimate`'s figures, when a time per iteration was given
+    cost: dict | None = None  # `plan.estimate`'s figures, when a time per iteration or rates were given
+    rates: Rates | None = None  # what priced the runs, when the GPU check's rates did
 
     @property
     def bases(self) -> int:
@@ -44,14 +50,21 @@ class PlanSummary:
 
 
 def make_plan(out: str | Path, experiments: list[str] | None, splits: list[str] | None, options: GenOptions,
-              force: bool = False, slurm: dict | None = None, cost: dict | None = None) -> PlanSummary:
+              force: bool = False, slurm: dict | None = None, cost: dict | None = None,
+              packing: Packing = Packing()) -> PlanSummary:
     """Write the plan; `slurm` holds `write_slurm`'s cpus, grace and sbatch_args, `cost` the
-    iter_seconds and gpus of the estimate."""
-    path = write_plan(out, select(experiments, splits), options, force=force)
+    gpus of the estimate and its iter_seconds or rates. Rates that cannot price this plan are
+    refused before anything is written."""
+    treatments = select(experiments, splits)
+    rates = cost.get("rates") if cost else None
+    if rates:
+        rates.check(options.arch, packing.nets_per_gpu, treatments)
+    path = write_plan(out, treatments, options, force=force, packing=packing)
     runs = read_plan(out)
-    summary = PlanSummary(path, runs, critical_path(runs))
+    summary = PlanSummary(path, runs, critical_path(runs), packing, rates=rates)
     if slurm is not None:
-        summary.submit = write_slurm(out, runs, gpu=options.gpu, **slurm)
+        summary.submit = write_slurm(out, runs, gpu=options.gpu, packing=packing, **slurm)
     if cost is not None:
-        summary.cost = estimate(runs, cost["iter_seconds"], cost["gpus"])
+        price = (lambda r: rates.seconds(parse(r.name), packing.nets_per_gpu)) if rates else cost["iter_seconds"]
+        summary.cost = estimate(runs, price, cost["gpus"], packing.nets_per_gpu)
     return summary

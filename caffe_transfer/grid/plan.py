@@ -3,8 +3,9 @@
 Each transfer run depends on exactly one base run (the base's final snapshot is the hand-off);
 bases, the random-frozen nets, the full net and the reduced nets depend on nothing. `plan.json`
 in the plan folder lists the runs with their base; `run-all`, `status` and the SLURM scripts read
-it. The estimate simulates the same greedy order `run-all` uses (most-depended-on first, one run
-per GPU) with a fixed time per iteration.
+it, with how the plan shares its GPUs (`packing.Packing`). The estimate simulates the same greedy
+order `run-all` uses (most-depended-on first, up to nets_per_gpu runs per GPU) with a time per
+iteration per run: one figure, or each net's price from the GPU check's rates.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from caffe_transfer.common.atomic import write_atomic
 from caffe_transfer.common.errors import CaffeTransferError
 from caffe_transfer.common.version import __version__
 from caffe_transfer.data.splits import SPLIT_IDS
+from caffe_transfer.grid.packing import Packing
 from caffe_transfer.model.solvers import solver_values
 from caffe_transfer.model.treatments import Kind, Treatment, authors_grid, parse
 from caffe_transfer.runs import logs
@@ -87,13 +89,21 @@ def critical_path(runs: list[PlanRun]) -> list[str]:
     return [longest.base, longest.name] if longest.base else [longest.name]
 
 
-def estimate(runs: list[PlanRun], iter_seconds: float, devices: int) -> dict:
-    """GPU-hours and wall-clock hours on `devices` GPUs at `iter_seconds` per iteration."""
-    if iter_seconds <= 0 or devices < 1:
-        raise CaffeTransferError(f"estimate needs --iter-seconds > 0 and --gpus >= 1 (got {iter_seconds}, {devices})")
+def estimate(runs: list[PlanRun], iter_seconds: float | Callable[[PlanRun], float], devices: int,
+             nets_per_gpu: int = 1) -> dict:
+    """GPU-hours and wall-clock hours on `devices` GPUs, each training up to `nets_per_gpu` runs
+    at once. `iter_seconds` is GPU time per iteration of a run (one figure, or each run's price):
+    the GPU's time shared out, so N runs at once each take N times as long in wall-clock."""
+    price = iter_seconds if callable(iter_seconds) else (lambda run: iter_seconds)
+    seconds = {r.name: r.max_iter * price(r) for r in runs}
+    if devices < 1 or nets_per_gpu < 1 or not all(s > 0 for s in seconds.values()):
+        raise CaffeTransferError(f"estimate needs --iter-seconds > 0, --gpus >= 1 and --nets-per-gpu >= 1 "
+                                 f"(got {'priced runs' if callable(iter_seconds) else iter_seconds}, {devices}, "
+                                 f"{nets_per_gpu})")
+    held = {name: s * nets_per_gpu for name, s in seconds.items()}  # wall-clock a run holds its slot
     done: dict[str, float] = {}
     pending = priority_order(runs)
-    free = [0.0] * devices
+    free = [0.0] * (devices * nets_per_gpu)
     heapq.heapify(free)
     while pending:
         now = heapq.heappop(free)
@@ -104,23 +114,24 @@ def estimate(runs: list[PlanRun], iter_seconds: float, devices: int) -> dict:
             continue
         run = ready[0]
         pending.remove(run)
-        done[run.name] = now + run.max_iter * iter_seconds
+        done[run.name] = now + held[run.name]
         heapq.heappush(free, done[run.name])
-    gpu_seconds = sum(r.max_iter for r in runs) * iter_seconds
-    return {"iter_seconds": iter_seconds, "gpus": devices, "gpu_hours": gpu_seconds / 3600,
-            "wall_hours": max(done.values()) / 3600,
-            "critical_path_hours": sum(next(r.max_iter for r in runs if r.name == n)
-                                       for n in critical_path(runs)) * iter_seconds / 3600}
+    gpu_seconds = sum(seconds.values())
+    return {"iter_seconds": gpu_seconds / sum(r.max_iter for r in runs), "gpus": devices,
+            "nets_per_gpu": nets_per_gpu, "gpu_hours": gpu_seconds / 3600, "wall_hours": max(done.values()) / 3600,
+            "critical_path_hours": sum(held[n] for n in critical_path(runs)) / 3600}
 
 
-def write_plan(out: str | Path, treatments: list[Treatment], options: GenOptions, force: bool = False) -> Path:
+def write_plan(out: str | Path, treatments: list[Treatment], options: GenOptions, force: bool = False,
+               packing: Packing = Packing()) -> Path:
     """Run folders for `treatments` under `out` (as `gen` writes them) and `out/plan.json`."""
     out = Path(out)
     runs = plan_runs(treatments, options.solver)
     write_runs({out / t.name: t for t in treatments}, options, force=force)
     plan = {"generator": f"caffe-transfer {__version__}",
             "runs": [{"name": r.name, "base": r.base, "max_iter": r.max_iter} for r in runs],
-            "critical_path": critical_path(runs)}
+            "critical_path": critical_path(runs),
+            "packing": {"nets_per_gpu": packing.nets_per_gpu, "data_threads": packing.data_threads}}
     write_atomic(out / PLAN, json.dumps(plan, indent=2) + "\n")
     return out / PLAN
 
@@ -136,6 +147,15 @@ def read_plan(plan_dir: str | Path) -> list[PlanRun]:
     for r in runs:
         parse(r.name)
     return runs
+
+
+def read_packing(plan_dir: str | Path) -> Packing:
+    """How the plan shares its GPUs; a plan written before packing existed: one net per GPU."""
+    path = Path(plan_dir) / PLAN
+    try:
+        return Packing(**json.loads(path.read_text()).get("packing", {}))
+    except (ValueError, TypeError, AttributeError, CaffeTransferError) as e:
+        raise CaffeTransferError(f"{path}: not a plan written by caffe-transfer plan ({e})") from None
 
 
 def states(plan_dir: str | Path) -> list[dict]:

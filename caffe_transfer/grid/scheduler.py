@@ -1,8 +1,10 @@
-"""Training many run folders at once: bases before their transfers, one run per worker.
+"""Training many run folders at once: bases before their transfers, up to N runs per device.
 
 A transfer run depends on its base run, as plan.json says (the base's final snapshot is the
 hand-off). Runs whose base has finished are started most-depended-on first, so
-bases never wait behind transfers. Finished runs are skipped, interrupted ones resume from their
+bases never wait behind transfers. Each device (a GPU, or a CPU worker) trains up to
+nets_per_gpu runs at once, each its own Caffe; GPU runs get their DataLayer threads as
+`packing.Packing` shares the machine's CPUs out. Finished runs are skipped, interrupted ones resume from their
 snapshots (`train` does both), a failed run holds back its dependants while independent runs go
 on. One progress bar covers the whole set: runs done, the runs in progress, time left.
 """
@@ -21,7 +23,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from caffe_transfer.common.errors import CaffeTransferError
-from caffe_transfer.grid.plan import plan_runs, priority_order, read_plan
+from caffe_transfer.grid.packing import Packing, device_slots
+from caffe_transfer.grid.plan import plan_runs, priority_order, read_packing, read_plan
 from caffe_transfer.runs.folder import SIGNALS, Run, State
 from caffe_transfer.runs.train import train
 
@@ -85,26 +88,34 @@ class _Live:
 
 
 def run_plan(plan_dir: str | Path, workers: int = 1, gpus: list[int] | None = None,
-             progress: bool = True) -> GridResult:
-    """`run_grid` over every run of a plan, with plan.json's dependency graph."""
+             nets_per_gpu: int | None = None, progress: bool = True) -> GridResult:
+    """`run_grid` over every run of a plan, with plan.json's dependency graph and packing
+    (`nets_per_gpu` overrides the plan's)."""
     runs = read_plan(plan_dir)
-    return run_grid([Path(plan_dir) / r.name for r in runs], workers=workers, gpus=gpus, progress=progress,
-                    bases={r.name: r.base for r in runs})
+    packing = read_packing(plan_dir)
+    if nets_per_gpu:
+        packing = Packing(nets_per_gpu, packing.data_threads)
+    return run_grid([Path(plan_dir) / r.name for r in runs], workers=workers, gpus=gpus, packing=packing,
+                    progress=progress, bases={r.name: r.base for r in runs})
 
 
 def run_grid(run_dirs: list[str | Path], workers: int = 1, gpus: list[int] | None = None,
              blas_threads: int | None = None, progress: bool = True,
-             bases: dict[str, str | None] | None = None) -> GridResult:
-    """Train every run to its max_iter on `workers` CPU slots, or one slot per GPU in `gpus`.
+             bases: dict[str, str | None] | None = None, packing: Packing = Packing()) -> GridResult:
+    """Train every run to its max_iter on `workers` CPU workers, or on the GPUs in `gpus`, each
+    taking up to `packing.nets_per_gpu` runs at once.
 
     `bases` is the dependency graph (run name -> base name; default: `plan`'s for these runs).
-    On CPU slots each Caffe gets cores/workers OpenBLAS threads unless `blas_threads` says."""
+    On the CPU each Caffe gets cores/runs-at-once OpenBLAS threads unless `blas_threads` says; on
+    GPUs each gets the DataLayer threads `packing` gives it within the CPUs this process may use."""
     runs = [Run.load(d) for d in run_dirs]
-    slots = list(gpus) if gpus else [None] * workers
+    slots = device_slots(list(gpus) if gpus else [None] * workers, packing.nets_per_gpu)
     if not slots:
         raise CaffeTransferError(f"no workers: expected --workers >= 1 or a GPU list (got {workers})")
-    if blas_threads is None and not gpus:
-        blas_threads = max(1, (os.cpu_count() or 1) // workers)
+    cpus = len(os.sched_getaffinity(0))
+    if blas_threads is None:
+        blas_threads = packing.blas_threads(bool(gpus), cpus, len(slots))
+    environment = packing.environment(bool(gpus), cpus, len(slots))
     after = dependencies(runs, bases)
     pending = priority_order(runs, name=attrgetter("dir"), base=lambda r: after[r.dir])
     result = GridResult()
@@ -125,7 +136,8 @@ def run_grid(run_dirs: list[str | Path], workers: int = 1, gpus: list[int] | Non
     def launch(pool: ThreadPoolExecutor, run: Run) -> None:
         slot = free.pop(0)
         future = pool.submit(train, run.dir, gpu=slot, progress=False, threads=blas_threads,
-                             on_iteration=bar.update, on_start=live.started, on_end=live.ended)
+                             environment=environment, on_iteration=bar.update, on_start=live.started,
+                             on_end=live.ended)
         running[future] = (run, slot)
 
     try:

@@ -103,13 +103,14 @@ def _die_with_parent() -> None:
 
 
 def train(run_dir: str | Path, gpu: int | None = None, progress: bool = True, threads: int | None = None,
-          on_iteration: Callable[[int], object] | None = None,
+          environment: dict[str, str] | None = None, on_iteration: Callable[[int], object] | None = None,
           on_start: Callable[[subprocess.Popen], None] | None = None,
           on_end: Callable[[subprocess.Popen], None] | None = None,
           on_note: Callable[[str], object] | None = None) -> TrainResult:
     """Train (or resume) the run in `run_dir` to its max_iter with the real `caffe train`.
 
-    `threads` sets OPENBLAS_NUM_THREADS for Caffe; `on_iteration` receives the iterations done
+    `threads` sets OPENBLAS_NUM_THREADS for Caffe, `environment` adds variables (a scheduler's
+    CAFFE_DATA_THREADS); `on_iteration` receives the iterations done
     (first those done before this session); `on_start`/`on_end` see the Caffe process (a scheduler
     uses them to stop many runs at once); `on_note` gets what the user should know before it starts."""
     run = Run.load(run_dir)
@@ -122,7 +123,7 @@ def train(run_dir: str | Path, gpu: int | None = None, progress: bool = True, th
         if begin.note and on_note:
             on_note(begin.note)
         cmd = command(run, begin, gpu)
-        env = {**os.environ, "GLOG_logtostderr": "1", "GLOG_minloglevel": "0"}
+        env = {**os.environ, **(environment or {}), "GLOG_logtostderr": "1", "GLOG_minloglevel": "0"}
         if threads:
             env["OPENBLAS_NUM_THREADS"] = str(threads)
         count(begin.iteration)
