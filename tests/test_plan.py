@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import filecmp
 import json
+import re
 import subprocess
 import sys
 import time
@@ -108,3 +109,27 @@ def test_run_all_runs_bases_first_and_resumes_after_a_kill(small_plan):
 def test_run_all_on_a_folder_without_a_plan_is_a_one_line_error(tmp_path):
     result = CliRunner().invoke(cli, ["run-all", str(tmp_path)])
     assert result.exit_code == 1 and result.output.count("\n") == 1 and "has no plan.json" in result.output
+
+
+def _caffe_span(log: Path) -> tuple[float, float]:
+    """When Caffe logged its first and last line of a run (glog's time of day, in seconds)."""
+    stamps = [int(h) * 3600 + int(m) * 60 + float(s) for h, m, s in
+              re.findall(r"^[IWEF](?:\d{4})?\d{4} (\d\d):(\d\d):(\d\d\.\d+)", log.read_text(), re.M)]
+    return stamps[0], stamps[-1]
+
+
+@pytest.mark.slow  # trains a plan with real Caffe
+def test_run_all_trains_the_plans_n_runs_at_once_per_device_in_dependency_order(tmp_path, pb2):
+    out = natman_plan(tmp_path, pb2, "--nets-per-gpu", "2", "--solver", "max_iter=20", "--solver", "snapshot=20",
+                      "--solver", "test_interval=20", "--solver", "test_iter=1")
+    result = subprocess.run([CLI, "run-all", str(out), "--quiet"], capture_output=True, text=True)
+    assert result.returncode == 0 and "16/16 runs trained" in result.stdout, result.stdout + result.stderr
+    runs = plan.read_plan(out)
+    spans = {r.name: _caffe_span(out / r.name / "train.log") for r in runs}
+    for start, _ in spans.values():  # one CPU worker, the plan's 2 runs per device: never 3 Caffes at once
+        assert sum(begin <= start <= end for begin, end in spans.values()) <= 2
+    (a0, a1), (b0, b1) = spans["halfnatmanA"], spans["halfnatmanB"]
+    assert a0 < b1 and b0 < a1  # both bases at once
+    for r in runs:
+        if r.base:
+            assert spans[r.name][0] > spans[r.base][1]
