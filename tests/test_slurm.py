@@ -7,17 +7,22 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from caffe_transfer.grid.plan import read_plan
+from caffe_transfer.grid.slurm import job_arrays
 from caffe_transfer.runs import logs
 from caffe_transfer.runs.folder import Run
 from caffe_transfer.runs.train import HEADER
 
 from .conftest import REPO, natman_plan
 
+CLI = str(Path(sys.executable).parent / "caffe-transfer")
 pytestmark = pytest.mark.slow  # starts a one-node SLURM and trains
 
 LOCAL = REPO / "tools" / "slurm_local.sh"
@@ -83,3 +88,72 @@ def test_plan_runs_on_slurm_in_dependency_order_and_a_cancelled_job_resumes(slur
         assert list((out / "slurm" / "logs").glob(f"ct-{entry.base or 'first'}_*.out"))
         if entry.base:  # started only after its own base had finished
             assert run.init_weights.stat().st_mtime_ns >= Run.load(out / entry.base).final_model.stat().st_mtime_ns
+
+
+def _blobs(model: Path, pb2) -> dict[str, list[np.ndarray]]:
+    """A caffemodel's learned blobs by layer (its layer parameters name this plan's own paths)."""
+    net = pb2.NetParameter.FromString(model.read_bytes())
+    return {layer.name: [np.array(b.data, dtype=np.float32) for b in layer.blobs] for layer in net.layer if layer.blobs}
+
+
+def _same_blobs(a: Path, b: Path, pb2) -> bool:
+    x, y = _blobs(a, pb2), _blobs(b, pb2)
+    return x.keys() == y.keys() and all(np.array_equal(p, q) for k in x for p, q in zip(x[k], y[k]))
+
+
+def test_a_packed_task_is_killed_requeued_and_its_runs_end_as_unpacked(slurm_cluster, tmp_path, pb2):
+    solver = ("--solver", "max_iter=200", "--solver", "snapshot=20", "--solver", "test_interval=100",
+              "--solver", "test_iter=1", "--solver", "display=5", "--solver", "random_seed=7")
+    out = natman_plan(tmp_path / "packed", pb2, "--scheduler", "slurm", "--nets-per-gpu", "2", *solver)
+    alone = natman_plan(tmp_path / "alone", pb2, *solver)
+    runs = read_plan(out)
+    killed = next(a for a in job_arrays(runs, 2) if a.base == "halfnatmanA").tasks[0]
+    assert len(killed) == 2
+
+    submit = subprocess.run(["bash", str(out / "slurm" / "submit.sh")], capture_output=True, text=True)
+    assert submit.returncode == 0, submit.stdout + submit.stderr
+    job = re.search(r"transfers from halfnatmanA in 4 task\(s\): job array (\d+)", submit.stdout)[1]
+    logs_of = [Run.load(out / name).log for name in killed]
+    _wait(lambda: all(log.is_file() and "Iteration 25," in log.read_text() for log in logs_of),
+          f"{' and '.join(killed)} at iteration 25")
+
+    def requeued() -> bool:
+        return "requeueing" in "".join(p.read_text() for p in (out / "slurm" / "logs").glob("ct-halfnatmanA_0_*.out"))
+
+    # scancel may answer "can not be altered now" while the task's state is in transition: ask again
+    # until the task says it requeued.
+    for _ in range(20):
+        subprocess.run(["scancel", "--signal=TERM", "--batch", f"{job}_0"], capture_output=True)
+        deadline = time.monotonic() + 5
+        while not requeued() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if requeued():
+            break
+    assert requeued()
+
+    # The same runs unpacked, one after another (bases first), one OpenBLAS thread as in a packed task.
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    for entry in sorted(runs, key=lambda r: r.base is not None):
+        done = subprocess.run([CLI, "train", str(alone / entry.name), "--quiet"], capture_output=True, text=True,
+                              env=env)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    _wait(lambda: all(Run.load(out / r.name).finished for r in runs), "every packed run to finish")
+    _wait(lambda: not subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout.strip(),
+          "an empty queue", timeout=60)
+    task_log = "".join(p.read_text() for p in (out / "slurm" / "logs").glob("ct-halfnatmanA_0_*.out"))
+    assert "(restart 1)" in task_log and "failed" not in task_log, task_log
+    resumed = []
+    for entry in runs:
+        packed, unpacked = Run.load(out / entry.name), Run.load(alone / entry.name)
+        sessions = [line for line in packed.log.read_text().splitlines() if line.startswith(HEADER)]
+        assert logs.parse_file(packed.log).test[-1]["NumIters"] == 200
+        if len(sessions) == 2:  # stopped by the signal: resumed once, from its snapshot; equal until then
+            assert entry.name in killed and "resuming from" in sessions[1], sessions
+            assert _same_blobs(packed.dir / "snapshots" / f"{entry.name}_iter_20.caffemodel",
+                               unpacked.dir / "snapshots" / f"{entry.name}_iter_20.caffemodel", pb2)
+            resumed.append(entry.name)
+        else:  # trained once (a run of the killed task that had finished is not trained again), as alone
+            assert len(sessions) == 1, sessions
+            assert _same_blobs(packed.final_model, unpacked.final_model, pb2), entry.name
+    assert resumed, "the signal stopped no run"

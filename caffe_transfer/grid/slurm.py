@@ -21,7 +21,7 @@ from caffe_transfer.common.atomic import write_atomic
 from caffe_transfer.common.version import __version__
 from caffe_transfer.grid.packing import Packing, pack
 from caffe_transfer.grid.plan import PlanRun, priority_order
-from caffe_transfer.runs.folder import STOPPED_EXIT
+from caffe_transfer.runs.folder import KILLED_STATUSES, STOPPED_EXIT
 from caffe_transfer.runs.gen import jinja_environment
 
 FOLDER = "slurm"
@@ -75,6 +75,7 @@ def write_slurm(plan_dir: str | Path, runs: list[PlanRun], gpu: bool, cpus: int 
     cpus = cpus or packing.task_cpus(gpu)
     common = {"version": __version__, "plan_dir": plan_dir, "logs": folder / "logs", "gpu": gpu, "cpus": cpus,
               "grace": grace, "sbatch_args": sbatch_args, "trainer": trainer(), "stopped_exit": STOPPED_EXIT,
+              "killed_by": KILLED_STATUSES,
               "blas_threads": packing.blas_threads(gpu, cpus, per_task), "environment": packing.environment(gpu, cpus, per_task)}
     arrays = job_arrays(runs, per_task)
     scripts = {}

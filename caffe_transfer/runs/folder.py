@@ -47,6 +47,7 @@ SNAPSHOT_DIR = "snapshots"
 STOPPED_EXIT = 130  # a trainer's exit status when its run stopped with a snapshot (as after Ctrl-C)
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # each makes Caffe snapshot and stop
 KILLED_BY = (*SIGNALS, signal.SIGKILL)  # what ends Caffe as a stop (it resumes), not a failure
+KILLED_STATUSES = " ".join(str(128 + s) for s in KILLED_BY)  # bash's $? for each (STOPPED_EXIT among them)
 
 
 class State(str, Enum):
@@ -90,7 +91,7 @@ def script_values(treatment: Treatment, max_iter: int, fingerprint: Fingerprint,
             "base": base.name if base else None, "base_weights": base_weights,
             "base_dir": Path("..") / base.name if base and not base_given else None,
             "session": SESSION, "state_written": STATE_WRITTEN, "stopped_exit": STOPPED_EXIT,
-            "killed_by": " ".join(str(128 + s) for s in KILLED_BY)}  # bash's $? for each
+            "killed_by": KILLED_STATUSES}
 
 
 @dataclass(frozen=True)
