@@ -125,6 +125,28 @@ def cudnn_version() -> str | None:
     return found.group(1) if found else None
 
 
+DATA_THREADS_MAX = 64  # the patched DataLayer's own limit
+
+
+def data_threads() -> int:
+    """The DataLayer's transform threads for a TRAIN net, as the patched Caffe reads them from
+    CAFFE_DATA_THREADS (tools/caffe_fixes/parallel_data_layer.patch): 0 is stock Caffe's loop; unset
+    is automatic, the CPUs this process may use, at most 4. A bad value is refused here, on one line,
+    rather than by a Caffe that stops on it hours later in a queue."""
+    text = os.environ.get("CAFFE_DATA_THREADS")
+    if text is None:
+        return max(1, min(4, len(os.sched_getaffinity(0))))
+    if not (text.isascii() and text.isdigit() and int(text) <= DATA_THREADS_MAX):
+        raise CaffeTransferError(f"CAFFE_DATA_THREADS={text}: expected a whole number from 0 (stock loop) to "
+                                 f"{DATA_THREADS_MAX}, or unset for automatic")
+    return int(text)
+
+
+def datalayer_patched() -> bool:
+    """Whether the build carries the DataLayer patch (install_caffe.sh records its fixes in the stamp)."""
+    return "datalayer-threads" in (build_stamp() or "")
+
+
 def gpu_count() -> int:
     """GPUs the driver reports; 0 where nvidia-smi is missing or sees none."""
     smi = shutil.which("nvidia-smi")
@@ -164,6 +186,15 @@ def doctor() -> list[Check]:
 
     checks.append(Check("python", True, f"{sys.executable} {sys.version.split()[0]}, numpy {numpy.__version__}, "
                                         f"protobuf {google.protobuf.__version__}"))
+    try:
+        threads = data_threads()
+        detail = f"{threads} transform thread(s) per TRAIN net" + (" (stock loop)" if threads == 0 else "")
+        checks.append(Check("DataLayer", datalayer_patched(),
+                            f"parallel transform, the same batches as stock Caffe: {detail}" if datalayer_patched()
+                            else "stock DataLayer (one thread): this build predates the DataLayer patch",
+                            "" if datalayer_patched() else "rebuild: tools/install_caffe.sh"))
+    except CaffeTransferError as e:
+        checks.append(Check("DataLayer", False, str(e), "unset CAFFE_DATA_THREADS, or set 0 to 64"))
     gpus = gpu_count()
     if gpu_build:  # no GPU is the machine's state, not a gap in the install (a docker build sees none)
         checks.append(Check("mode", True, f"CUDA build, {gpus} GPU(s) visible",

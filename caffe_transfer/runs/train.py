@@ -27,7 +27,7 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from caffe_transfer.common.caffe_env import cuda_build, tool
+from caffe_transfer.common.caffe_env import cuda_build, data_threads, tool
 from caffe_transfer.common.errors import CaffeTransferError
 from caffe_transfer.model.treatments import Kind
 from caffe_transfer.runs import logs
@@ -112,6 +112,7 @@ def train(run_dir: str | Path, gpu: int | None = None, progress: bool = True, th
     `threads` sets OPENBLAS_NUM_THREADS for Caffe; `on_iteration` receives the iterations done
     (first those done before this session); `on_start`/`on_end` see the Caffe process (a scheduler
     uses them to stop many runs at once); `on_note` gets what the user should know before it starts."""
+    data_threads()  # a bad CAFFE_DATA_THREADS is refused here, not by Caffe mid-queue
     run = Run.load(run_dir)
     count = on_iteration or (lambda delta: None)
     with run.lock(BY) as lock:
