@@ -78,7 +78,8 @@ def transplant(run_dir, base, out, seed) -> None:
     """Copy a transfer's first n layers from its base by net surgery (checked bit for bit).
 
     Writes the init .caffemodel and RUN_DIR/transplant.json (per layer: copied from where or
-    filler-initialised, shapes, checksums, frozen)."""
+    filler-initialised, shapes, checksums, frozen). Made by pycaffe, or by the caffe tool where
+    pycaffe does not import (the same file; CAFFE_TRANSFER_FILL=caffe forces it)."""
     from caffe_transfer.runs.transplant import transplant as run_transplant
 
     result = run_transplant(run_dir, base=base, out=out, seed=seed)

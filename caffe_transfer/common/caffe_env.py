@@ -3,7 +3,9 @@
 The install script puts everything under one prefix, `CAFFE_ROOT` (default `/opt/caffe`):
 `bin/caffe` and the tools, `lib/libcaffe.so`, and pycaffe in `lib/python3/dist-packages`. This
 module finds that prefix (the `CAFFE_ROOT` environment variable wins), imports pycaffe from it,
-and reports what is missing with the command that fixes it (`caffe-transfer doctor`).
+says which of the two routes to a filled net `transplant` takes (pycaffe, or the `caffe` tool
+where pycaffe does not import), and reports what is missing with the command that fixes it
+(`caffe-transfer doctor`).
 """
 
 from __future__ import annotations
@@ -92,6 +94,28 @@ def pycaffe():
     return caffe
 
 
+FILL = "CAFFE_TRANSFER_FILL"
+FILL_ROUTES = ("pycaffe", "caffe")
+
+
+def fill_route() -> tuple[str, str]:
+    """How `transplant` fills a net and saves it, and why: ("pycaffe", ...) where pycaffe imports,
+    else ("caffe", ...): the `caffe` tool and caffe_pb2, which write the same file bit for bit.
+    CAFFE_TRANSFER_FILL=caffe or =pycaffe forces one (tests compare both; a user may rule one out)."""
+    forced = os.environ.get(FILL, "")
+    if forced and forced not in FILL_ROUTES:
+        raise CaffeTransferError(f"{FILL}={forced!r}: expected pycaffe or caffe (or unset: pycaffe where it imports)")
+    if forced == "caffe":
+        return "caffe", f"the caffe tool and caffe_pb2 ({FILL}=caffe)"
+    try:
+        pycaffe()
+    except CaffeTransferError as e:
+        if forced:
+            raise CaffeTransferError(f"{FILL}=pycaffe, but {e}") from None
+        return "caffe", "the caffe tool and caffe_pb2 (pycaffe does not import)"
+    return "pycaffe", f"pycaffe net surgery ({FILL}=pycaffe)" if forced else "pycaffe net surgery"
+
+
 def run_tool(name: str, *args: str | Path) -> subprocess.CompletedProcess:
     """Run a Caffe tool to completion; its failure becomes a CaffeTransferError with its last line."""
     proc = subprocess.run([str(tool(name)), *map(str, args)], capture_output=True, text=True)
@@ -176,11 +200,14 @@ def doctor() -> list[Check]:
         checks.append(Check("caffe --version", False, str(e), INSTALL_HINT))
     try:
         caffe = pycaffe()
-        gpu_build = cuda_build()
         checks.append(Check("pycaffe", True, f"caffe {caffe.__version__} from {Path(caffe.__file__).parent}"))
+    except CaffeTransferError as e:  # optional: transplant takes the caffe tool's route without it
+        checks.append(Check("pycaffe", True, f"not importable ({e})", "optional: " + INSTALL_HINT +
+                            " for this Python (PYTHON=...)"))
+    try:
+        checks.append(Check("transplant", True, fill_route()[1]))
     except CaffeTransferError as e:
-        gpu_build = False
-        checks.append(Check("pycaffe", False, str(e), INSTALL_HINT + " for this Python (PYTHON=...)"))
+        checks.append(Check("transplant", False, str(e), f"unset {FILL} to take the route that works here"))
     import google.protobuf
     import numpy
 
@@ -196,7 +223,7 @@ def doctor() -> list[Check]:
     except CaffeTransferError as e:
         checks.append(Check("DataLayer", False, str(e), "unset CAFFE_DATA_THREADS, or set 0 to 64"))
     gpus = gpu_count()
-    if gpu_build:  # no GPU is the machine's state, not a gap in the install (a docker build sees none)
+    if cuda_build():  # no GPU is the machine's state, not a gap in the install (a docker build sees none)
         checks.append(Check("mode", True, f"CUDA build, {gpus} GPU(s) visible",
                             "" if gpus else "no GPU visible: check the driver (docker run --gpus all); a CUDA "
                                             "build cannot train without a GPU, even with --cpu (its data "
