@@ -23,6 +23,7 @@ import numpy as np
 
 from caffe_transfer.common.caffe_env import caffe_pb2
 from caffe_transfer.common.errors import CaffeTransferError
+from caffe_transfer.common.progress import progress as progress_bar
 from caffe_transfer.data.lmdb import space
 from caffe_transfer.data.lmdb.datum import Slots
 from caffe_transfer.data.lmdb.decode import BuildOptions, Item, keep_freed_heap
@@ -196,11 +197,9 @@ def _run(todo: list[tuple[Path, list[Target]]], options: BuildOptions, force: bo
     unions = [Union(targets, options) for _, targets in todo]
     bar = None
     if progress and todo:
-        from tqdm import tqdm
-
         names = [t.out_dir.name for _, targets in todo for t in targets]
-        bar = tqdm(total=sum(len(u) for u in unions), unit="img", smoothing=0.05,
-                   desc=names[0] if len(names) == 1 else f"{len(names)} datasets")
+        bar = progress_bar(sum(len(u) for u in unions), names[0] if len(names) == 1 else f"{len(names)} datasets",
+                           unit="img")
     try:
         empty = []
         for (root, targets), union in zip(todo, unions):
