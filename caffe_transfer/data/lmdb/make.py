@@ -30,7 +30,7 @@ from caffe_transfer.data.lmdb.decode import BuildOptions, Item, keep_freed_heap
 from caffe_transfer.data.lmdb.target import Target, settings
 from caffe_transfer.data.lmdb.workers import AHEAD_MIN, CHUNK, Workers
 from caffe_transfer.data.lmdb.writer import BATCH, first_written, write
-from caffe_transfer.data.splits import read_list
+from caffe_transfer.data.splits import listed_classes, read_list
 
 
 @dataclass
@@ -183,7 +183,7 @@ def _full(folder: Path) -> bool:
 
 
 def _target(dataset: Dataset, options: BuildOptions) -> Target:
-    entries = read_list(dataset.list_file)
+    entries = read_list(dataset.list_file, listed_classes(dataset.list_file))
     return Target(dataset.list_file, Path(dataset.out_dir), entries, settings(dataset.list_file, entries, options))
 
 
