@@ -388,23 +388,60 @@ def test_every_environment_variable_read_is_probed():
     assert not gone, f"rows for variables nothing reads any more: {gone}"
 
 
-@pytest.mark.parametrize("probe", ENV_PROBES, ids=[f"{p.variable}={p.value} {p.command.split()[0]}" for p in ENV_PROBES])
-def test_a_bad_environment_variable_is_one_line_and_changes_nothing(tree, probe, tmp_path):
+# The scripts' own options that take a value: (command line run from the checkout, fragment).
+SCRIPT_PROBES = [
+    ("tools/install_caffe.sh --bundle ''", "--bundle needs a folder"),
+    ("tools/install_caffe.sh --from {t}/missing", "--from {t}/missing: expected the folder a --bundle run wrote"),
+    ("tools/install_caffe.sh --from", "expected the folder a --bundle run wrote"),
+    ("tools/install_caffe.sh --frm {t}/adir", "unknown argument --frm: expected --bundle DIR or --from DIR"),
+    ("tools/gpu_check.sh --bundle {t}/adir", "expected --bundle DIR --out DIR"),
+    ("tools/gpu_check.sh --bundle {t}/adir --out ''", "expected --bundle DIR --out DIR"),
+    ("tools/gpu_check.sh --bundel {t}/adir --out {t}/o", "unknown argument --bundel"),
+]
+
+
+def script_options() -> list[tuple[str, str]]:
+    """(script, option) for each option of tools/*.sh that takes a value (its case branch reads $2)."""
+    return [(str(path.relative_to(REPO)), m[1]) for path in sorted(REPO.glob("tools/*.sh"))
+            for m in re.finditer(r"^\s*(--[a-z][a-z-]*)\)(.*)$", path.read_text(), re.M) if "${2" in m[2]]
+
+
+def test_every_script_option_with_a_value_is_probed():
+    assert ("tools/install_caffe.sh", "--from") in script_options()  # the scan finds them
+    probed = {(words[0], word) for line, _ in SCRIPT_PROBES for words in [shlex.split(line)] for word in words}
+    missing = [f"{script} {option}" for script, option in script_options() if (script, option) not in probed]
+    assert not missing, f"script options with no row in SCRIPT_PROBES (add their bad values): {', '.join(missing)}"
+
+
+def _run_outside(tree: Path, command: str, env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess:
+    """A command line as a user runs it from the checkout: the installed caffe-transfer, or a
+    script with bash; nothing of the tree changed, one line on stderr, exit 1 or 2."""
     before = snapshot(tree)
-    words = shlex.split(probe.command.replace("{t}", str(tree)))
+    words = shlex.split(command.replace("{t}", str(tree)))
     if words[0] == "caffe-transfer":
         words[0] = str(Path(sys.executable).parent / "caffe-transfer")
     else:
         words.insert(0, "bash")
-    env = {**os.environ, "VENV": str(Path(sys.executable).parent.parent)}
-    if "install_caffe" in probe.command:
-        env["CAFFE_ROOT"] = str(tmp_path / "caffe")  # were a check to let the value through: not /opt/caffe
-    env[probe.variable] = probe.value.replace("{t}", str(tree))
-    proc = subprocess.run(words, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    base = {**os.environ, "VENV": str(Path(sys.executable).parent.parent)}
+    if "install_caffe" in command:
+        base["CAFFE_ROOT"] = str(tmp_path / "caffe")  # were a check to let a value through: not /opt/caffe
+    proc = subprocess.run(words, cwd=REPO, env={**base, **env}, capture_output=True, text=True, timeout=120)
     assert proc.returncode in (1, 2), (proc.returncode, proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
-    assert probe.fragment.replace("{t}", str(tree)) in proc.stderr, proc.stderr
     assert snapshot(tree) == before
+    return proc
+
+
+@pytest.mark.parametrize("probe", ENV_PROBES, ids=[f"{p.variable}={p.value} {p.command.split()[0]}" for p in ENV_PROBES])
+def test_a_bad_environment_variable_is_one_line_and_changes_nothing(tree, probe, tmp_path):
+    proc = _run_outside(tree, probe.command, {probe.variable: probe.value.replace("{t}", str(tree))}, tmp_path)
+    assert probe.fragment.replace("{t}", str(tree)) in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("line,fragment", SCRIPT_PROBES, ids=[p[0] for p in SCRIPT_PROBES])
+def test_a_bad_script_option_is_one_line_and_changes_nothing(tree, line, fragment, tmp_path):
+    proc = _run_outside(tree, line, {}, tmp_path)
+    assert fragment.replace("{t}", str(tree)) in proc.stderr, proc.stderr
 
 
 # --- what the table cannot show --------------------------------------------------------------
