@@ -122,7 +122,8 @@ def make_lmdb(list_file, image_root, out_dir, resize, encoded, gray, no_shuffle,
 @click.option("--val-solution", type=existing_file(), help="Kaggle's LOC_val_solution.csv, for val labels.")
 @click.option("--val-labels", type=existing_file(), help="`NAME LABEL` or `NAME WNID` lines, for val labels.")
 @click.option("--num-classes", type=click.IntRange(min=2),
-              help="Class folders in the train tree, where not ImageNet's 1000 (default: 1000).")
+              help="Class folders in the train tree (default: inferred; a tree of wnid folders must then "
+                   "have all 1000).")
 @experiment_options
 @click.option("--out", "-o", "data_root", required=True, type=out_dir(),
               help="DATA_ROOT: lists, and one folder per dataset (gen's and plan's --data-root).")

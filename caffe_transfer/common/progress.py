@@ -36,6 +36,7 @@ class PlainLines:
             self.n += n
         self._maybe_show()
 
+    # `refresh` as tqdm's, which redraws at once; a plain line waits for its time all the same.
     def set_postfix(self, values: dict, refresh: bool = True) -> None:
         self.set_postfix_str(", ".join(f"{k}={v}" for k, v in values.items()), refresh)
 
@@ -51,7 +52,7 @@ class PlainLines:
             if self.closed:
                 return
             self.closed = True
-        self._show()
+        self._print()
 
     def line(self) -> str:
         elapsed = self.clock() - self.started
@@ -61,14 +62,13 @@ class PlainLines:
 
     def _maybe_show(self) -> None:
         with self.lock:
-            due = not self.closed and self.clock() - self.shown >= PLAIN_EVERY
-            if due:
-                self.shown = self.clock()
-        if due:
-            print(self.line(), file=self.stream, flush=True)
+            now = self.clock()
+            if self.closed or now - self.shown < PLAIN_EVERY:
+                return
+            self.shown = now
+        self._print()
 
-    def _show(self) -> None:
-        self.shown = self.clock()
+    def _print(self) -> None:
         print(self.line(), file=self.stream, flush=True)
 
 
