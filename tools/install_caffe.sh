@@ -57,6 +57,15 @@ find_mirror() {
 log() { printf '[install_caffe] %s\n' "$*" >&2; }
 die() { printf '[install_caffe] error: %s\n' "$*" >&2; exit 1; }
 
+# Settings a bad value of which would fail only minutes into a build: checked before anything.
+case "$JOBS" in ''|*[!0-9]*|0*) die "JOBS=$JOBS: expected a positive number of build jobs" ;; esac
+for arch in $CUDA_ARCH_BIN; do
+  [[ $arch =~ ^[0-9]{2,3}[a-z]?$ ]] \
+    || die "CUDA_ARCH_BIN=\"$CUDA_ARCH_BIN\": $arch is not a compute capability (expected e.g. \"80 90\")"
+done
+[ -z "${CUDNN_ROOT:-}" ] || [ -d "$CUDNN_ROOT" ] \
+  || die "CUDNN_ROOT=$CUDNN_ROOT: no such folder (expected cuDNN's prefix, with include/ and lib/)"
+
 BUNDLE="" FROM=""
 case "${1:-}" in
   --bundle) BUNDLE=${2:-} ; [ -n "$BUNDLE" ] || die "--bundle needs a folder" ;;

@@ -30,7 +30,12 @@ INSTALL_HINT = "run `sudo tools/install_caffe.sh` (or `tools/setup.sh`) to build
 
 
 def caffe_root() -> Path:
-    return Path(os.environ.get("CAFFE_ROOT") or DEFAULT_ROOT)
+    """Where Caffe is installed: $CAFFE_ROOT, which must then be a folder, else DEFAULT_ROOT."""
+    given = os.environ.get("CAFFE_ROOT")
+    if given and not Path(given).is_dir():
+        raise CaffeTransferError(f"CAFFE_ROOT={given}: no such folder: expected the prefix tools/install_caffe.sh "
+                                 f"installed Caffe into (unset, {DEFAULT_ROOT})")
+    return Path(given or DEFAULT_ROOT)
 
 
 def tool(name: str) -> Path:

@@ -25,10 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from tqdm import tqdm
-
 from caffe_transfer.common.caffe_env import cuda_build, data_threads, tool
 from caffe_transfer.common.errors import CaffeTransferError
+from caffe_transfer.common.progress import progress as progress_bar
 from caffe_transfer.model.treatments import Kind
 from caffe_transfer.runs import logs
 from caffe_transfer.runs.folder import INIT, KILLED_BY, SESSION, SIGNALS, Run, State
@@ -185,8 +184,7 @@ def _follow(run: Run, proc: subprocess.Popen, log, iteration: int, progress: boo
             count: Callable[[int], object]) -> _Session:
     """Copy Caffe's output to the log and drive the progress bar and `count`."""
     session = _Session(iteration)
-    bar = tqdm(total=run.max_iter, initial=iteration, desc=run.name, unit="it", disable=not progress,
-               dynamic_ncols=True, smoothing=0.05)
+    bar = progress_bar(run.max_iter, run.name, initial=iteration, enabled=progress)
     postfix: dict[str, str] = {}
     for line in proc.stdout:
         log.write(line)
