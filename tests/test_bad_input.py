@@ -6,11 +6,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -24,11 +26,16 @@ from caffe_transfer.model.treatments import parse
 from caffe_transfer.runs import gen
 
 NL = "\n"
+REPO = Path(__file__).resolve().parent.parent
 
-# (command line with {t} for the user's tree, a fragment the one line must hold). The tree holds
-# afile (a file), adir (an empty folder), img/c0/*.png with list.txt, run (a gen'd run folder),
-# linked/lmdb (a symbolic link), broken/ (an LMDB folder whose COMPLETE is cut short) and log.txt
-# (a caffe train log).
+# Rows as data: (command line with {t} for the user's tree, a fragment the one line must hold).
+# A new option gets a row here; test_every_command_and_option_with_a_value_is_probed names the
+# ones without. The tree holds afile (a file), adir (an empty folder), img/c0/*.png with list.txt,
+# negative.txt (a list with label -3), oneclass/files.txt (label 1 beside an idxmap of one class),
+# imagenet999.txt (ImageNet synset paths of 999 classes), labels.txt (val labels with -3), run (a
+# gen'd run folder), linked/lmdb (a symbolic link), broken/ (an LMDB folder whose COMPLETE is cut
+# short) and log.txt (a caffe train log).
+BLANK = "expected a path, not an empty one"
 PROBES = [
     # splits
     ("splits --whole-list {t}/missing --subset valid --out {t}/o", "does not exist"),
@@ -38,10 +45,16 @@ PROBES = [
     ("splits --whole-list {t}/list.txt --subset valid --out {t}/o --classes X", "expected NAME=FILE"),
     ("splits --whole-list {t}/list.txt --subset valid --out {t}/o --classes X=missing.txt", "does not exist"),
     ("splits --whole-list {t}/list.txt --subset valid --out {t}/o --classes X={t}/adir", "is a directory"),
+    ("splits --whole-list {t}/list.txt --subset valid --out {t}/o --classes 'X= '", BLANK),
     ("splits --whole-list {t}/list.txt --subset valid --out {t}/o --num-classes 0", "range"),
     ("splits --whole-list {t}/list.txt --subset valid --out {t}/o --num-classes many", "not a valid integer"),
     ("splits --check {t}/afile", "is a file"),
     ("splits --subset valid", "splits needs"),
+    ("splits --whole-list '' --subset valid --out {t}/o", BLANK),
+    ("splits --whole-list {t}/list.txt --subset valid --out ' '", BLANK),
+    ("splits --check ''", BLANK),
+    ("splits --whole-list {t}/imagenet999.txt --subset train --out {t}/o", "not ImageNet's 1000"),
+    ("splits --whole-list {t}/negative.txt --subset valid --out {t}/o", "negative.txt:2: label -3: expected a class"),
     # lists
     ("lists --train-dir {t}/afile --out {t}/o", "is a file"),
     ("lists --train-dir {t}/missing --out {t}/o", "does not exist"),
@@ -51,6 +64,8 @@ PROBES = [
     ("lists --train-dir {t}/img --out {t}/afile/sub", "afile/sub: Not a directory"),  # an OSError, one line
     ("lists --train-dir {t}/img --val-dir {t}/img --devkit {t}/afile --out {t}/o", "is a file"),
     ("lists --train-dir {t}/img --val-dir {t}/img --val-solution {t}/adir --out {t}/o", "is a directory"),
+    ("lists --train-dir {t}/img --out ''", BLANK),
+    ("lists --train-dir ' ' --out {t}/o", BLANK),
     # prepare
     ("prepare --val-dir {t}/img --out {t}/o", "Missing option '--train-dir'"),
     ("prepare --train-dir {t}/afile --val-dir {t}/img --out {t}/o", "is a file"),
@@ -64,6 +79,10 @@ PROBES = [
     ("prepare --train-dir {t}/img --val-dir {t}/img --out {t}/o --resize -1", "range"),
     ("prepare --train-dir {t}/img --val-dir {t}/img --out {t}/o --seed x", "not a valid integer"),
     ("prepare --train-dir {t}/img --val-dir {t}/img --out {t}/o --workers 0", "range"),
+    ("prepare --train-dir {t}/img --val-dir {t}/img --out {t}/o --num-classes 1", "range"),
+    ("prepare --train-dir {t}/img --val-dir {t}/img --out {t}/o --num-classes all", "not a valid integer"),
+    ("prepare --train-dir {t}/img --val-dir {t}/img --out ''", BLANK),
+    ("prepare --train-dir {t}/img --val-dir {t}/adir --val-labels {t}/labels.txt --out {t}/o", "'-3' is neither a label"),
     # make-lmdb
     ("make-lmdb {t}/missing {t}/img {t}/o", "does not exist"),
     ("make-lmdb {t}/adir {t}/img {t}/o", "is a directory"),
@@ -76,6 +95,10 @@ PROBES = [
     ("make-lmdb {t}/list.txt {t}/img {t}/o --workers 0", "range"),
     ("make-lmdb {t}/afile {t}/img {t}/o", "afile"),  # not a list
     ("make-lmdb {t}/list.txt {t}/img {t}/broken", "not valid JSON"),  # its COMPLETE record is cut short
+    ("make-lmdb {t}/list.txt {t}/img ''", BLANK),
+    ("make-lmdb '' {t}/img {t}/o", BLANK),
+    ("make-lmdb {t}/negative.txt {t}/img {t}/o", "negative.txt:2: label -3: expected a class index 0 or more"),
+    ("make-lmdb {t}/oneclass/files.txt {t}/img {t}/o", "files.txt:1: label 1: expected a class index 0..0"),
     # describe
     ("describe AxB", "unknown treatment"),
     ("describe AnB --n 0 --split 0", "range"),
@@ -107,6 +130,11 @@ PROBES = [
     ("gen -t AnB --n 3 --split 0 --out {t}/o --base-weights '{t}/a" + NL + "b'", "control character"),
     ("gen --out {t}/o", "gen needs --treatment"),
     ("gen --all -t AnB --out {t}/o", "drop --treatment"),
+    ("gen --all", "gen --all needs --out DIR"),
+    ("gen -t baseA --split 0 --out ''", BLANK),  # it wrote the run's files among the user's own
+    ("gen -t baseA --out '  '", BLANK),
+    ("gen -t baseA --out {t}/o --data-root ''", BLANK),
+    ("gen -t AnB --n 3 --out {t}/o --base-weights ''", BLANK),
     # transplant
     ("transplant {t}/missing", "does not exist"),
     ("transplant {t}/afile", "is a file"),
@@ -116,6 +144,8 @@ PROBES = [
     ("transplant {t}/run --out {t}/adir", "is a directory"),
     ("transplant {t}/run --seed -1", "range"),
     ("transplant {t}/run --seed x", "not a valid integer"),
+    ("transplant ''", BLANK),
+    ("transplant {t}/run --out ''", BLANK),
     # train
     ("train {t}/missing", "does not exist"),
     ("train {t}/afile", "is a file"),
@@ -147,6 +177,7 @@ PROBES = [
     ("plan --out {t}/o --scheduler slurm --cpus-per-task 0", "range"),
     ("plan --out {t}/o --scheduler slurm --grace -5", "range"),
     ("plan --out {t}/o --scheduler slurm '--sbatch-arg=--time=1" + NL + "touch {t}/injected'", "control character"),
+    ("plan --out ''", BLANK),
     # run-all, status
     ("run-all {t}/missing", "does not exist"),
     ("run-all {t}/afile", "is a file"),
@@ -171,6 +202,9 @@ PROBES = [
     ("report {t}/adir", "no run folders"),
     ("report {t} --out {t}/afile", "is a file"),
     ("report {t} --json {t}/adir", "is a directory"),
+    ("report {t} --json ''", BLANK),
+    ("parse-log {t}/log.txt --csv ''", BLANK),
+    ("demo --out ''", BLANK),
     ("--bogus", "No such option '--bogus'"),
     ("nosuch", "No such command 'nosuch'"),
 ]
@@ -211,6 +245,12 @@ def tree(tmp_path_factory, pb2) -> Path:
     for i in range(3):
         cv2.imwrite(str(t / "img" / "c0" / f"{i}.png"), rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
     (t / "list.txt").write_text("".join(f"c0/{i}.png 0\n" for i in range(3)))
+    (t / "negative.txt").write_text("c0/0.png 0\nc0/1.png -3\n")
+    (t / "oneclass").mkdir()
+    (t / "oneclass" / "files.txt").write_text("c0/0.png 1\n")
+    (t / "oneclass" / "idxmap.txt").write_text("# Orig_idx new_idx\n7 0\n")
+    (t / "imagenet999.txt").write_text("".join(f"train/n{c:08d}/n{c:08d}_1.JPEG {c}\n" for c in range(999)))
+    (t / "labels.txt").write_text("0.png -3\n")
     gen.write_runs({t / "run": parse("half0A")}, gen.GenOptions(arch="small", gpu=False, solver={"max_iter": 10}))
     (t / "elsewhere").mkdir()
     (t / "linked").mkdir()
@@ -254,7 +294,154 @@ def test_every_command_and_option_with_a_value_is_probed():
         for p in takes_values:
             if p.param_type_name == "option" and not any((name, o) in probed for o in p.opts):
                 missing.append(f"{name} {p.opts[-1]}")
-    assert not missing, f"not probed: {missing}"
+    assert not missing, f"options with no row in PROBES (add their bad values): {', '.join(missing)}"
+
+
+def test_every_path_the_cli_takes_refuses_an_empty_or_blank_one():
+    """One parameter type owns paths (cli.types.PathType): every path option and argument of
+    every command refuses '' and '  ', which the OS reads as the current folder."""
+    import click
+
+    from caffe_transfer.cli.types import PathType
+
+    paths = [(name, p) for name, command in cli.commands.items() for p in command.params
+             if isinstance(p.type, click.Path)]
+    assert len(paths) > 30, paths
+    assert not [f"{name} {p.name}" for name, p in paths if not isinstance(p.type, PathType)]
+    for name, p in paths:
+        for value in ("", "  "):
+            with pytest.raises(click.BadParameter, match=BLANK):
+                p.type.convert(value, p, click.Context(cli.commands[name]))
+
+
+# --- environment variables ---------------------------------------------------------------------
+class EnvProbe(NamedTuple):
+    """A bad value of an environment variable, and a command that reads it: as PROBES, one line
+    naming it, a non-zero exit, nothing of the tree changed."""
+
+    variable: str
+    value: str     # {t}: the user's tree
+    command: str   # `caffe-transfer ...`, or a script run from the checkout (tools/x.sh, {t}/run/run.sh)
+    fragment: str  # {t} as above
+
+
+ENV_PROBES = [
+    EnvProbe("CAFFE_ROOT", "{t}/missing", "caffe-transfer doctor", "CAFFE_ROOT={t}/missing: no such folder"),
+    EnvProbe("CAFFE_ROOT", "{t}/afile", "{t}/run/run.sh", "CAFFE_ROOT={t}/afile: no such folder"),
+    EnvProbe("CAFFE", "{t}/afile", "{t}/run/run.sh", "CAFFE={t}/afile: expected the path of Caffe's caffe binary"),
+    EnvProbe("FASHION_MNIST_DIR", "{t}/adir", "caffe-transfer demo --preset quick --out {t}/o",
+             "{t}/adir/train-images-idx3-ubyte.gz is missing"),
+    EnvProbe("CAFFE_CUDA", "maybe", "tools/install_caffe.sh", "CAFFE_CUDA=maybe: expected auto, 0 or 1"),
+    EnvProbe("CAFFE_CUDNN", "2", "tools/install_caffe.sh", "CAFFE_CUDNN=2: expected auto, 0 or 1"),
+    EnvProbe("PYTHON", "{t}/missing", "tools/install_caffe.sh", "PYTHON={t}/missing: no such interpreter"),
+    EnvProbe("JOBS", "many", "tools/install_caffe.sh", "JOBS=many: expected a positive number"),
+    EnvProbe("JOBS", "0", "tools/install_caffe.sh", "JOBS=0: expected a positive number"),
+    EnvProbe("CUDA_ARCH_BIN", "sm_80", "tools/install_caffe.sh", "sm_80 is not a compute capability"),
+    EnvProbe("CUDNN_ROOT", "{t}/missing", "tools/install_caffe.sh", "CUDNN_ROOT={t}/missing: no such folder"),
+    EnvProbe("BUNDLE_PYTHON", "three", "tools/install_caffe.sh --bundle {t}/o", "BUNDLE_PYTHON=three: expected"),
+    EnvProbe("VENV", "{t}/afile", "tools/setup.sh", "VENV={t}/afile: not a folder"),
+    EnvProbe("VENV", "{t}/afile", "tools/demo.sh", "VENV={t}/afile: not a folder"),  # it sets up first
+    EnvProbe("PYTHON_BASE", "{t}/missing", "tools/setup.sh", "PYTHON_BASE={t}/missing: no such interpreter"),
+]
+# Variables read that no row probes, each with the reason.
+NOT_PROBED = {
+    "SLURM_CPUS_PER_TASK": "set by SLURM for a job, not by the user",
+    "SLURM_RESTART_COUNT": "set by SLURM when it requeues a job",
+    "CAFFE_TRANSFER_REFERENCE": "read by the tests only: where the authors' files are not, the tests that need them "
+                                "skip and name the folder",
+    "BUNDLE_WHEELS": "pip requirements for --bundle: pip download checks them, which needs the network",
+    "DOCKER_BASE": "test tooling (tools/docker_local.sh): the base image's name, which docker checks",
+    "SLURM_LOCAL": "test tooling (tools/slurm_local.sh): the folder of the local test cluster",
+    "CACHE": "not a setting: install_caffe.sh sets it itself (the bundle's source/, else CAFFE_ROOT/cache)",
+}
+# Where the package, the scripts and the templates read the environment: Python's os.environ
+# reads, and the shell's ${NAME:-default} (or :=, :?) forms, which say a setting may come from
+# outside (${NAME:+...} only extends a variable such as CPATH).
+ENV_SOURCES = ("caffe_transfer/**/*.py", "tools/*.py", "tools/*.sh", "templates/*", "tests/conftest.py",
+               "Dockerfile")
+ENV_READS = (re.compile(r'os\.(?:environ\.get|getenv)\(\s*"([A-Z][A-Z0-9_]*)"'),
+             re.compile(r'os\.environ\["([A-Z][A-Z0-9_]*)"\](?!\s*=[^=])'),
+             re.compile(r"\$\{([A-Z][A-Z0-9_]*):?[-=?]"))
+
+
+def environment_read() -> dict[str, list[str]]:
+    """Each variable the checkout reads, with the files that read it."""
+    found: dict[str, set[str]] = {}
+    for pattern in ENV_SOURCES:
+        for path in REPO.glob(pattern):
+            if path.is_file():
+                for regex in ENV_READS:
+                    for name in regex.findall(path.read_text(errors="replace")):
+                        found.setdefault(name, set()).add(str(path.relative_to(REPO)))
+    return {name: sorted(files) for name, files in found.items()}
+
+
+def test_every_environment_variable_read_is_probed():
+    read = environment_read()
+    assert {"CAFFE_ROOT", "CAFFE_CUDA", "FASHION_MNIST_DIR"} <= set(read), read  # the scan finds them
+    probed = {p.variable for p in ENV_PROBES}
+    missing = [f"{name} (read in {', '.join(files)})" for name, files in sorted(read.items())
+               if name not in probed and name not in NOT_PROBED]
+    assert not missing, ("environment variables with no row in ENV_PROBES (add their bad values) or reason in "
+                         f"NOT_PROBED: {'; '.join(missing)}")
+    gone = sorted((probed | set(NOT_PROBED)) - set(read))
+    assert not gone, f"rows for variables nothing reads any more: {gone}"
+
+
+# The scripts' own options that take a value: (command line run from the checkout, fragment).
+SCRIPT_PROBES = [
+    ("tools/install_caffe.sh --bundle ''", "--bundle needs a folder"),
+    ("tools/install_caffe.sh --from {t}/missing", "--from {t}/missing: expected the folder a --bundle run wrote"),
+    ("tools/install_caffe.sh --from", "expected the folder a --bundle run wrote"),
+    ("tools/install_caffe.sh --frm {t}/adir", "unknown argument --frm: expected --bundle DIR or --from DIR"),
+    ("tools/gpu_check.sh --bundle {t}/adir", "expected --bundle DIR --out DIR"),
+    ("tools/gpu_check.sh --bundle {t}/adir --out ''", "expected --bundle DIR --out DIR"),
+    ("tools/gpu_check.sh --bundel {t}/adir --out {t}/o", "unknown argument --bundel"),
+]
+
+
+def script_options() -> list[tuple[str, str]]:
+    """(script, option) for each option of tools/*.sh that takes a value (its case branch reads $2)."""
+    return [(str(path.relative_to(REPO)), m[1]) for path in sorted(REPO.glob("tools/*.sh"))
+            for m in re.finditer(r"^\s*(--[a-z][a-z-]*)\)(.*)$", path.read_text(), re.M) if "${2" in m[2]]
+
+
+def test_every_script_option_with_a_value_is_probed():
+    assert ("tools/install_caffe.sh", "--from") in script_options()  # the scan finds them
+    probed = {(words[0], word) for line, _ in SCRIPT_PROBES for words in [shlex.split(line)] for word in words}
+    missing = [f"{script} {option}" for script, option in script_options() if (script, option) not in probed]
+    assert not missing, f"script options with no row in SCRIPT_PROBES (add their bad values): {', '.join(missing)}"
+
+
+def _run_outside(tree: Path, command: str, env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess:
+    """A command line as a user runs it from the checkout: the installed caffe-transfer, or a
+    script with bash; nothing of the tree changed, one line on stderr, exit 1 or 2."""
+    before = snapshot(tree)
+    words = shlex.split(command.replace("{t}", str(tree)))
+    if words[0] == "caffe-transfer":
+        words[0] = str(Path(sys.executable).parent / "caffe-transfer")
+    else:
+        words.insert(0, "bash")
+    base = {**os.environ, "VENV": str(Path(sys.executable).parent.parent)}
+    if "install_caffe" in command:
+        base["CAFFE_ROOT"] = str(tmp_path / "caffe")  # were a check to let a value through: not /opt/caffe
+    proc = subprocess.run(words, cwd=REPO, env={**base, **env}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode in (1, 2), (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    assert snapshot(tree) == before
+    return proc
+
+
+@pytest.mark.parametrize("probe", ENV_PROBES, ids=[f"{p.variable}={p.value} {p.command.split()[0]}" for p in ENV_PROBES])
+def test_a_bad_environment_variable_is_one_line_and_changes_nothing(tree, probe, tmp_path):
+    proc = _run_outside(tree, probe.command, {probe.variable: probe.value.replace("{t}", str(tree))}, tmp_path)
+    assert probe.fragment.replace("{t}", str(tree)) in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("line,fragment", SCRIPT_PROBES, ids=[p[0] for p in SCRIPT_PROBES])
+def test_a_bad_script_option_is_one_line_and_changes_nothing(tree, line, fragment, tmp_path):
+    proc = _run_outside(tree, line, {}, tmp_path)
+    assert fragment.replace("{t}", str(tree)) in proc.stderr, proc.stderr
 
 
 # --- what the table cannot show --------------------------------------------------------------

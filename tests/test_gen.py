@@ -180,7 +180,7 @@ def test_gen_refuses_to_overwrite_a_run_with_snapshots(tmp_path):
     (["-t", "AxB", "--n", "3", "--split", "0"], "unknown treatment 'AxB'", 1),
     (["-t", "AnB", "--n", "0", "--split", "0"], "'--n': 0 is not in the range 1<=x<=7", 2),
     (["-t", "AnB", "--n", "8", "--split", "0"], "'--n': 8 is not in the range 1<=x<=7", 2),
-    (["-t", "AnB", "--n", "3"], "needs a split", 1),
+    (["-t", "AnB", "--split", "0"], "needs n in 1..7", 1),
     (["-t", "AnB", "--n", "3", "--split", "0", "--arch", "vgg"], "'--arch': 'vgg' is not one of", 2),
     (["-t", "AnB", "--n", "3", "--split", "0", "--backend", "hdf5"], "'--backend': 'hdf5' is not one of", 2),
     (["-t", "AnB", "--n", "3", "--split", "0", "--solver", "max_iters=3"], "unknown solver field 'max_iters'", 2),
@@ -271,3 +271,59 @@ def test_engine_caffe_gives_every_layer_caffes_own_code(tmp_path):
             assert len(engines) >= 14, engines  # 5 conv, 3 pool, 7 ReLU, 2 LRN, softmax
             assert set(engines.values()) == (expected or {None}), (file, engines)
         assert json.loads((run / "treatment.json").read_text())["engine"] == engine
+
+
+# --- the user's own command, as written (issue 28) --------------------------------------------
+def test_gen_as_the_user_wrote_it_writes_the_authors_folder_here(tmp_path, monkeypatch):
+    """`caffe-transfer gen --n 3 --treatment AnB` in an empty folder: split 0 and the authors'
+    folder name, said in one line; the folder is, byte for byte, the one the explicit command
+    writes at the same place."""
+    exe = Path(sys.executable).parent / "caffe-transfer"
+    proc = subprocess.run([str(exe), "gen", "--n", "3", "--treatment", "AnB"], cwd=tmp_path, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0 and not proc.stderr, proc.stderr
+    chose, wrote = proc.stdout.splitlines()
+    assert wrote.startswith("wrote transfer0A0B_1_3 (A3B, split 0)")
+    assert chose.startswith("chose split 0, ") and "--split 1|2|3|natman" in chose
+    assert "folder ./transfer0A0B_1_3" in chose and "--out DIR" in chose
+    assert [p.name for p in tmp_path.iterdir()] == ["transfer0A0B_1_3"]
+    ours = tmp_path / "transfer0A0B_1_3"
+    written = {p.relative_to(ours): p.read_bytes() for p in ours.rglob("*") if p.is_file()}
+    folders = sorted(p.relative_to(ours) for p in ours.rglob("*") if p.is_dir())
+    ours.rename(tmp_path / "as-written")
+    monkeypatch.chdir(tmp_path)
+    args = ["gen", "--treatment", "AnB", "--n", "3", "--split", "0", "--out", "transfer0A0B_1_3"]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    assert {p.relative_to(ours): p.read_bytes() for p in ours.rglob("*") if p.is_file()} == written
+    assert sorted(p.relative_to(ours) for p in ours.rglob("*") if p.is_dir()) == folders
+    assert {"solver.prototxt", "train_val.prototxt", "deploy.prototxt", "run.sh", "treatment.json"} <= \
+        {str(p) for p in written}
+
+
+@pytest.mark.parametrize("args, folder, split_chosen", [
+    (["-t", "baseA"], "half0A", True),
+    (["-t", "baseB"], "half0B", True),
+    (["-t", "BnB", "--n", "2"], "transfer0B0B_1_2", True),
+    (["-t", "AnA", "--n", "7"], "transfer0A0A_1_7", True),
+    (["-t", "BnA", "--n", "1"], "transfer0B0A_1_1", True),
+    (["-t", "AnB+", "--n", "5"], "transfer-ft0A0B_1_5", True),
+    (["-t", "BnB+", "--n", "4"], "transfer-ft0B0B_1_4", True),
+    (["-t", "A3B"], "transfer0A0B_1_3", True),
+    (["-t", "AnB", "--n", "3", "--split", "natman"], "transfernatmanAB_1_3", False),
+    (["-t", "random", "--n", "4"], "nolearn_1_4", False),
+    (["-t", "full"], "netbase", False),
+    (["-t", "transfer1A1B_1_2"], "transfer1A1B_1_2", False),
+])
+def test_every_short_form_gets_the_authors_folder_name(args, folder, split_chosen, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["gen", *args])
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in tmp_path.iterdir()] == [folder]
+    assert ("split 0, the paper's first random split" in result.output) == split_chosen
+    assert f"folder ./{folder}, the authors' name for it (or --out DIR)" in result.output.splitlines()[0]
+
+
+def test_gen_with_both_given_chooses_nothing(tmp_path):
+    result = CliRunner().invoke(cli, ["gen", "-t", "AnB", "--n", "3", "--split", "1", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0 and "chose" not in result.output
+    assert json.loads((tmp_path / "r" / "treatment.json").read_text())["name"] == "transfer1A1B_1_3"

@@ -3,6 +3,7 @@ network cut, and the one-shot GPU check runs every step that needs no GPU (--dry
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -10,7 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from caffe_transfer.common import protos
+from caffe_transfer.grid import plan
 
 from .conftest import REPO
 
@@ -72,28 +77,132 @@ def test_from_bundle_builds_caffe_with_the_network_cut(bundle, tmp_path):
     assert "pycaffe" in doctor.stdout and "deps=bundle" in doctor.stdout
 
 
-def test_gpu_check_needs_its_folders():
-    proc = subprocess.run(["bash", "tools/gpu_check.sh", "--out", "/tmp/x"], cwd=REPO, capture_output=True, text=True)
-    assert proc.returncode != 0
-    assert proc.stderr.strip() == "[gpu_check] error: expected --bundle DIR --out DIR [--dry-run]"
+def load_tool(name: str):
+    """A script of tools/ as a module (no package: the GPU check's two scripts import each other
+    from their folder)."""
+    if str(REPO / "tools") not in sys.path:
+        sys.path.insert(0, str(REPO / "tools"))
+    return importlib.import_module(name)
+
+
+@pytest.mark.parametrize("args, line", [
+    (["--out", "/tmp/x"], "no --bundle"),
+    (["--bundle"], "--bundle needs a folder"),
+    (["--bundle", "--out", "/tmp/x"], "--bundle needs a folder"),
+    (["--bundle", "b", "--out"], "--out needs a folder"),
+    (["--bundle", "b", "--out", "/tmp/x", "--gpus"], "unknown argument --gpus"),
+])
+def test_gpu_check_usage_errors_are_one_line_and_exit_2(args, line):
+    proc = subprocess.run(["bash", "tools/gpu_check.sh", *args], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr == f"[gpu_check] error: {line}: expected --bundle DIR --out DIR [--dry-run]\n"
+
+
+def test_the_checks_venv_sees_the_packages_of_a_python3_that_is_itself_a_venv(tmp_path):
+    """As on the GPU images, where python3 is /opt/torch/.venv's: a venv made from it with
+    --system-site-packages would see only the base interpreter's packages. The outer venv here
+    holds a module the base lacks (numpy cannot show it: this base has numpy too)."""
+    outer = tmp_path / "outer"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(outer)], check=True)
+    site = Path(subprocess.run([str(outer / "bin" / "python"), "-c",
+                                "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               capture_output=True, text=True, check=True).stdout.strip())
+    (site / "only_in_the_outer_venv.py").write_text("")
+    env = {**os.environ, "PATH": f"{outer / 'bin'}:{os.environ['PATH']}"}
+    env.pop("PYTHON", None)
+    check = tmp_path / "check" / "venv"
+    subprocess.run(["bash", "tools/gpu_check_venv.sh", str(check)], cwd=REPO, env=env, check=True)
+    found = subprocess.run([str(check / "bin" / "python"), "-c",
+                            "import only_in_the_outer_venv as m, sys; print(m.__file__); print(sys.prefix)"],
+                           capture_output=True, text=True)
+    assert found.returncode == 0, found.stderr
+    module, prefix = found.stdout.split()
+    assert Path(module).parent == site and Path(prefix) == check  # seen through, installed into its own
+
+
+def test_from_memory_is_constant_dummy_data_that_caffe_fills_once(tmp_path, caffe):
+    """The check's compute limit: its memory-fed net draws nothing per iteration. A value written
+    into the data blob survives the next forward with the check's constant fillers; with a
+    gaussian filler (the old check's) Caffe draws the batch again on the CPU every forward."""
+    check = load_tool("gpu_check")
+    run = check.write_run(tmp_path / "half0A", "half0A", check.DRY, tmp_path / "data", False, 1)
+    caffe.set_mode_cpu()
+
+    def survives(prototxt: Path) -> bool:
+        net = caffe.Net(str(prototxt), caffe.TRAIN)  # the TRAIN net: DummyData, no LMDB
+        net.forward()
+        net.blobs["data"].data[...] = 7
+        net.forward()
+        return bool(np.all(net.blobs["data"].data == 7))
+
+    check.fed_from_memory(run, "memory")
+    fillers = [f.type for layer in protos.read_net(run / "memory.prototxt").layer if layer.type == "DummyData"
+               for f in layer.dummy_data_param.data_filler]
+    assert fillers == ["constant", "constant"]
+    assert survives(run / "memory.prototxt")
+    check.fed_from_memory(run, "drawn", constant=False)
+    assert not survives(run / "drawn.prototxt")
+
+
+def _rates(base_ms: float, frozen_ms: float) -> list[dict]:
+    return [{"net": "half0A", "kind": "base", "n": None, "datalayer_ms": base_ms, "memory_ms": 50.0, "gpu_mib": 3000},
+            {"net": "transfer0A0B_1_1", "kind": "frozen", "n": 1, "datalayer_ms": frozen_ms, "memory_ms": 40.0,
+             "gpu_mib": 3000},
+            {"net": "transfer0A0B_1_5", "kind": "frozen", "n": 5, "datalayer_ms": frozen_ms, "memory_ms": 20.0,
+             "gpu_mib": 2000},
+            {"net": "transfer-ft0A0B_1_3", "kind": "finetuned", "n": 3, "datalayer_ms": base_ms, "memory_ms": 50.0,
+             "gpu_mib": 3000}]
+
+
+def _packing(base: tuple, frozen: tuple) -> list[dict]:
+    return [{"kind": kind, "nets": k, "aggregate_ms": ms} for kind, row in (("base", base), ("frozen", frozen))
+            for k, ms in zip((1, 2, 4), row)]
+
+
+def test_nets_per_gpu_is_the_fewest_within_15_percent_of_the_compute_limit_else_the_best():
+    check = load_tool("gpu_check_report")
+    rates = _rates(85.0, 88.0)
+    assert check.recommend(rates, _packing((85, 56, 52), (88, 47, 41)), None)[0] == 4  # 2: frozen 47 > 1.15 * 40
+    assert check.recommend(rates, _packing((85, 56, 52), (88, 44, 41)), None)[0] == 2
+    assert check.recommend(rates, _packing((85, 70, 72), (88, 60, 66)), None)[0] == 2  # none within: the lowest
+    assert check.recommend(rates, _packing((85, 56, 52), (88, 47, 41)), 3000 * 3)[0] == 2  # 4 nets do not fit
+
+
+def test_the_grids_price_is_its_iterations_at_each_kinds_rate_scaled_by_the_packing():
+    check = load_tool("gpu_check_report")
+    iterations = sum(r.max_iter for r in plan.plan_runs(plan.select()))
+    same = check.price(_rates(80.0, 80.0), _packing((80, 60, 50), (80, 60, 50)), 1)
+    assert same == pytest.approx(iterations * 0.080 / 3600)
+    assert check.price(_rates(80.0, 80.0), _packing((80, 60, 40), (80, 60, 40)), 4) == pytest.approx(same / 2)
+    assert check.price(_rates(80.0, 40.0), _packing((80, 60, 50), (80, 60, 50)), 1) < same
 
 
 @pytest.mark.slow
 def test_gpu_check_dry_run_runs_every_step_that_needs_no_gpu(bundle, tmp_path):
     out = tmp_path / "check"
     proc = subprocess.run(["bash", "tools/gpu_check.sh", "--bundle", str(bundle), "--out", str(out), "--dry-run"],
-                          cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHON": sys.executable})
+                          cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "PYTHON": sys.executable, "OPENBLAS_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads((out / "gpu_check.json").read_text())
-    assert report["dry_run"] and report["arch"] == "small"
-    assert [t["engine"] for t in report["time"]] == ["caffe"]
+    rates = json.loads((out / "gpu_check.json").read_text())
+    assert rates["schema"] == "caffe-transfer/gpu-check/1" and rates["architecture"] == "small"
+    assert [(r["kind"], r["n"]) for r in rates["rates"]] == [("base", None), ("frozen", 1), ("frozen", 5),
+                                                             ("finetuned", 3)]
+    assert all(r["datalayer_ms"] > 0 and r["memory_ms"] > 0 and r["gpu_mib"] > 0 for r in rates["rates"])
+    assert "0" in rates["datalayer_alone_ms"] and str(rates["data_threads"]) in rates["datalayer_alone_ms"]
+    assert [(p["kind"], p["nets"]) for p in rates["packing"]] == [(k, n) for k in ("base", "frozen") for n in (1, 2, 4)]
+    assert rates["packing"][0]["aggregate_ms"] == rates["rates"][0]["datalayer_ms"]
+    assert rates["recommended_nets_per_gpu"] in (1, 2, 4)
+    report = json.loads((out / "report.json").read_text())
+    assert report["dry_run"] and [t["engine"] for t in report["time"]] == ["caffe"]
     assert report["time"][0]["iteration_ms"] > 0 and {"conv1", "fc8"} <= set(report["time"][0]["layers"])
-    train = report["train"]
-    assert train["init"] == "transplant"
-    assert train["frozen_identical"] == {"conv1": True, "conv2": True, "conv3": True}
-    assert train["loss_falls"] and train["datalayer_ms"] > 0 and train["memory_ms"] > 0
+    by_net = {r["net"]: r for r in report["rates"]}
+    assert {r["init"] for name, r in by_net.items() if name != "half0A"} == {"transplant"}
+    assert by_net["transfer0A0B_1_5"]["frozen_identical"] == {f"conv{i}": True for i in range(1, 6)}
+    assert all(r["loss_falls"] for r in report["rates"])
+    assert report["price"]["one_net_gpu_hours"] > 0
     assert report["agree"] == "skipped: needs a GPU" and report["torch"] == "skipped: needs a GPU"
-    one, eight = report["grid"]["1_gpus"], report["grid"]["8_gpus"]
-    assert one["iter_seconds"] == pytest.approx(train["datalayer_ms"] / 1000)
-    assert eight["gpu_hours"] == pytest.approx(one["gpu_hours"]) and eight["wall_hours"] < one["wall_hours"]
-    assert "gpu_check (dry run, CPU, small net)" in proc.stdout
+    for memory in out.glob("*/memory.prototxt"):
+        fillers = [f.type for f in protos.read_net(memory).layer[0].dummy_data_param.data_filler]
+        assert fillers == ["constant", "constant"], memory
+    assert "gpu_check (dry run, CPU, small net" in proc.stdout and "nets per GPU:" in proc.stdout

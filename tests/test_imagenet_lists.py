@@ -188,10 +188,24 @@ def test_the_class_count_is_inferred_and_said_and_natman_is_only_for_imagenet(tm
     assert "inferred" in result.output and "left out" not in result.output
 
 
+def test_an_imagenet_list_short_of_a_class_is_refused_unless_num_classes_says_so(tmp_path):
+    """Paths in synset folders, labels 0..998: a train tree lacking a class folder, on which the
+    paper's splits (defined on 1000 classes) would be other halves."""
+    whole = tmp_path / "whole.txt"
+    whole.write_text("".join(f"train/n{c:08d}/n{c:08d}_{i}.JPEG {c}\n" for c in range(999) for i in range(2)))
+    result = _splits("--whole-list", whole, "--subset", "valid", "--out", tmp_path / "lists")
+    assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+    assert "its labels give 999 classes, not ImageNet's 1000" in result.output and "--num-classes 999" in result.output
+    assert not (tmp_path / "lists").exists()
+    result = _splits("--whole-list", whole, "--subset", "valid", "--out", tmp_path / "lists", "--num-classes", 999)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "lists" / "half0A_valid" / "idxmap.txt").read_text().count("\n") == 1 + 999 // 2
+
+
 @pytest.mark.parametrize("text, needle", [
     ("a.jpg 0\nb.jpg 1\na.jpg 1\n", "a.jpg is listed twice (labels 0 and 1): each image once"),
     ("a.jpg 0\nb.jpg 2\n", "1 of the classes 0..2 have no image (the first: 1)"),
-    ("a.jpg 0\nb.jpg -1\n", "label -1 is negative"),
+    ("a.jpg 0\nb.jpg -1\n", "whole.txt:2: label -1: expected a class index 0 or more"),
 ])
 def test_bad_whole_lists_are_refused(text, needle, tmp_path):
     (tmp_path / "whole.txt").write_text(text)

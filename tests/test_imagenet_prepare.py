@@ -62,7 +62,7 @@ def test_one_pass_writes_each_lmdb_as_make_lmdb_alone(options, tmp_path):
 def _prepare(root: Path, data: Path, *extra: str):
     return CliRunner().invoke(cli, ["prepare", "--train-dir", str(root / "train"), "--val-dir", str(root / "val"),
                                     "--devkit", str(root / "devkit"), "--experiments", "random,netbase,reduced",
-                                    "--splits", "0", "--out", str(data), "--resize", "16", *extra])
+                                    "--splits", "0", "--out", str(data), "--resize", "16", "--num-classes", "10", *extra])
 
 
 @pytest.fixture
@@ -85,6 +85,14 @@ def test_prepare_plans_the_disk_and_writes_every_dataset_of_the_experiments(imag
     assert "(0 built now, " in _prepare(imagenet, data).output  # run again: all there
 
 
+def test_prepare_takes_a_tree_of_other_than_1000_wnid_folders_only_when_told(imagenet):
+    args = ["prepare", "--train-dir", str(imagenet / "train"), "--val-dir", str(imagenet / "val"), "--devkit",
+            str(imagenet / "devkit"), "--experiments", "random", "--splits", "0", "--out", str(imagenet / "data")]
+    result = CliRunner().invoke(cli, args)
+    _one_line_error(result, "its labels give 10 classes, not ImageNet's 1000", "--num-classes 10")
+    assert not list(imagenet.glob("data/*/lmdb*")) and not list(imagenet.glob("data/half*"))
+
+
 def test_prepare_refuses_a_disk_too_small_before_writing_any_lmdb(imagenet, small_disk):
     mount, _ = small_disk
     result = _prepare(imagenet, mount / "data", "--resize", "128")  # 50 KB per image, 2 MB of disk
@@ -101,7 +109,7 @@ def test_a_killed_pass_resumes_and_ends_as_make_lmdb_alone(imagenet):
               "from caffe_transfer.cli import cli\ncli(sys.argv[1:])\n")
     cmd = [sys.executable, "-c", script, "prepare", "--train-dir", str(imagenet / "train"), "--val-dir",
            str(imagenet / "val"), "--devkit", str(imagenet / "devkit"), "--experiments", "random,netbase,reduced",
-           "--splits", "0", "--out", str(data), "--resize", "16", "--workers", "1"]
+           "--splits", "0", "--out", str(data), "--resize", "16", "--num-classes", "10", "--workers", "1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while proc.poll() is None and time.time() < deadline:

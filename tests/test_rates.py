@@ -67,7 +67,7 @@ def test_packing_scales_by_the_measured_aggregate_of_its_kind(rates_file):
     assert rates.seconds(parse("half0A"), 2) == pytest.approx(0.0847 * 56.2 / 84.7)
     assert rates.seconds(parse("transfer-ft0A0B_1_3"), 4) == pytest.approx(0.090 * 56.4 / 84.7)  # base's packing
     assert rates.seconds(parse("transfer0A0B_1_5"), 2) == pytest.approx(0.040 * 30.0 / 60.0)  # frozen's
-    with pytest.raises(CaffeTransferError, match=r"4 frozen nets per GPU were not measured .* use --nets-per-gpu 1 or 2"):
+    with pytest.raises(CaffeTransferError, match=r"4 frozen nets per GPU were not measured .* --nets-per-gpu 1 or 2"):
         rates.seconds(parse("transfer0A0B_1_5"), 4)
 
 

@@ -15,6 +15,8 @@
 BUNDLE_LIMIT_MIB=60
 BUNDLE_BASE=(build-essential dpkg-dev python3-dev)
 BUNDLE_WHEELS=${BUNDLE_WHEELS:-protobuf lmdb click jinja2 tqdm six}
+[[ -z "${BUNDLE_PYTHON:-}" || $BUNDLE_PYTHON =~ ^3\.[0-9]+$ ]] \
+  || die "BUNDLE_PYTHON=$BUNDLE_PYTHON: expected a Python version such as 3.11"
 MULTIARCH=$(gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)
 
 write_bundle() {

@@ -1,17 +1,21 @@
 """The GPU acceptance in one run, after tools/gpu_check.sh has built Caffe: measures, checks, and
-writes OUT/gpu_check.json with a one-screen summary.
+writes OUT/gpu_check.json (the rates `plan --rates` reads, schema caffe-transfer/gpu-check/1) and
+OUT/report.json (everything), with a one-screen summary. tools/gpu_check_report.py judges the
+figures (verdicts, nets per GPU, the grid's price, the goals).
 
-  data    a generated raw LMDB (class-coloured noise, so that a net can learn it) and its mean
-  time    `caffe time` of CaffeNet at batch 256 (fed from memory), engine CAFFE and engine CUDNN
-  train   `caffe train` of a gen-written transfer0A0B_1_3, its init made by `transplant` from a
-          briefly trained base, through Caffe's DataLayer; then the same net fed from memory
-  frozen  conv1-3 bit-identical after training; the loss falls
-  agree   one SGD step of the small net (no dropout) on the GPU and on the CPU, each engine
-  torch   the same CaffeNet in PyTorch, if torch imports and sees a GPU
-  grid    the grid's GPU-hours and wall-clock on 1 and 8 GPUs at the measured s/iteration
+  time     `caffe time` of the base net at its training batch, fed from memory, per engine
+  rates    each net alone, through Caffe's DataLayer and fed from memory (constant DummyData, the
+           GPU's compute limit): a base, frozen transfers at a low and a high n, a fine-tuned
+           transfer, seeded by `transplant` from the base; each net's memory; frozen layers
+           bit-identical after training, and the loss falls
+  alone    the DataLayer with nothing behind it, at CAFFE_DATA_THREADS 0 (stock) and the default
+  packing  1, 2 and 4 bases, and frozen transfers, at once on the one GPU; nets per GPU recommended
+  price    the grid's GPU-hours from the measured rates, at one net per GPU and the recommended N
+  agree    one SGD step of the small net (no dropout) on the GPU and on the CPU, each engine
+  torch    the same CaffeNet in PyTorch, if torch imports and sees a GPU
 
 With --dry-run every step that needs no GPU runs on the CPU with the small net and a few
-iterations (CI runs it); the GPU-only steps are recorded as skipped, never as passed.
+iterations (CI runs it); its figures are the CPU's, the GPU-only steps are recorded as skipped.
 """
 
 from __future__ import annotations
@@ -33,35 +37,95 @@ from caffe_transfer.common import caffe_env, protos
 from caffe_transfer.common.atomic import write_atomic
 from caffe_transfer.common.errors import CaffeTransferError
 from caffe_transfer.data.lmdb.datum import datum_parts, write_mean
-from caffe_transfer.grid import plan
 from caffe_transfer.model.architectures import architecture
 from caffe_transfer.model.treatments import parse
 from caffe_transfer.runs import gen
 from caffe_transfer.runs.folder import SNAPSHOT_DIR, snapshot_file, snapshot_prefix
 from caffe_transfer.runs.logs import parse_file
 
-# (arch, images, iterations of the base, of each timed training, of `caffe time`)
-REAL = {"arch": "caffenet", "images": 1024, "base_iter": 20, "train_iter": 300, "time_iter": 10}
-DRY = {"arch": "small", "images": 128, "base_iter": 4, "train_iter": 20, "time_iter": 2}
+from gpu_check_report import PACKED, PACKINGS, goals, grid_price, price_kind, rates_json, recommend, summary  # tools/
+
+# Sized for the 8-minute budget on a fresh 16-core GPU machine, build included (docs/gpu.md).
+REAL = {"arch": "caffenet", "images": 1024, "iter": 60, "display": 10, "time_iter": 10}
+DRY = {"arch": "small", "images": 128, "iter": 20, "display": 5, "time_iter": 2}
 CLASSES = 10
+BASE = PACKED["base"]  # measured first: its snapshot seeds the transfers
+TRANSFERS = (PACKED["frozen"], "transfer0A0B_1_5", "transfer-ft0A0B_1_3")  # frozen low n, high n, fine-tuned
 AGREE_TOLERANCE = {"caffe": 1e-4, "cudnn": 1e-2}  # of the step's size; cuDNN may use TF32 on Ampere+
 _TIME = re.compile(r"\]\s+(?P<layer>\S+)\s+(?P<pass>forward|backward): (?P<ms>[0-9.]+) ms\.")
 _AVERAGE = re.compile(r"Average (?P<what>Forward pass|Backward pass|Forward-Backward): (?P<ms>[0-9.]+) ms\.")
 _SPEED = re.compile(r"Iteration (?P<iteration>\d+) \((?P<rate>\S+) iter/s")
 
 
-def caffe(args: list, cwd: Path, log: Path) -> str:
-    """Run the caffe tool; its whole output goes to `log`, a failure names the log's last line."""
-    env = {**os.environ, "GLOG_minloglevel": "0", "GLOG_logtostderr": "1"}  # pycaffe's import quiets glog
-    proc = subprocess.run([str(caffe_env.tool("caffe")), *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True)
-    log.write_text(proc.stdout + proc.stderr)
-    if proc.returncode != 0:
-        raise RuntimeError(f"caffe {args[0]} failed (exit {proc.returncode}), see {log}: "
-                           f"{(proc.stderr.strip().splitlines() or ['?'])[-1]}")
-    return proc.stderr
+# --- running Caffe -------------------------------------------------------------------------
+def caffe_all(jobs: list[tuple[list, Path, Path]], gpu: bool, threads: int) -> tuple[list[str], int | None]:
+    """Run the caffe tool once per (args, folder, log) at once, with CAFFE_DATA_THREADS=threads;
+    their logs' text and the memory they held together at peak, in MiB: on the GPU the card's
+    used memory above what it used before they started, in a dry run their resident memory."""
+    env = {**os.environ, "GLOG_minloglevel": "0", "GLOG_logtostderr": "1",  # pycaffe's import quiets glog
+           "CAFFE_DATA_THREADS": str(threads)}
+    before = gpu_used_mib() if gpu else 0
+    procs = []
+    for args, cwd, log in jobs:
+        with open(log, "w") as f:
+            procs.append(subprocess.Popen([str(caffe_env.tool("caffe")), *map(str, args)], cwd=cwd, env=env,
+                                          stdout=f, stderr=subprocess.STDOUT))
+    peak = 0
+    while any(p.poll() is None for p in procs):
+        held = gpu_used_mib() - before if gpu else sum(resident_mib(p.pid) for p in procs if p.poll() is None)
+        peak = max(peak, held)
+        time.sleep(0.25)
+    texts = [log.read_text() for _, _, log in jobs]
+    for (args, _, log), proc, text in zip(jobs, procs, texts):
+        if proc.returncode != 0:
+            raise RuntimeError(f"caffe {args[0]} failed (exit {proc.returncode}), see {log}: "
+                               f"{(text.strip().splitlines() or ['?'])[-1]}")
+    return texts, peak or None
 
 
+def caffe(args: list, cwd: Path, log: Path, gpu: bool, threads: int) -> tuple[str, int | None]:
+    texts, peak = caffe_all([(args, cwd, log)], gpu, threads)
+    return texts[0], peak
+
+
+def gpu_used_mib() -> int:
+    out = subprocess.run(["nvidia-smi", "-i", "0", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                         capture_output=True, text=True).stdout
+    return int(out.split()[0]) if out.strip() else 0
+
+
+def resident_mib(pid: int) -> int:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:  # it has just exited
+        return 0
+    found = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
+    return int(found.group(1)) // 1024 if found else 0
+
+
+def on(gpu: bool) -> list:
+    return ["-gpu", 0] if gpu else []
+
+
+def speed(log_text: str) -> float:
+    """Median ms per iteration over Caffe's `Iteration N (R iter/s, ...)` lines: iteration 0's rate
+    means nothing, and the first interval after it holds the warm-up unless it is the only one."""
+    rates = [float(m["rate"]) for m in _SPEED.finditer(log_text) if m["iteration"] != "0"]
+    if not rates:
+        raise RuntimeError("no `Iteration N (R iter/s` line in Caffe's log: too few iterations for its display")
+    return 1000 / statistics.median(rates[1:] or rates)
+
+
+def data_threads() -> int:
+    """The CAFFE_DATA_THREADS the nets run with: #30's automatic count (at most 4, no more than the
+    CPUs this process may use), set explicitly so that the JSON names what ran; 0 (Caffe's own
+    loop) where the build lacks the DataLayer patch, which would ignore the variable."""
+    libs = [p for p in (caffe_env.caffe_root() / "lib").glob("libcaffe.so*") if not p.is_symlink()]
+    patched = any(b"CAFFE_DATA_THREADS" in p.read_bytes() for p in libs)
+    return min(4, len(os.sched_getaffinity(0))) if patched else 0
+
+
+# --- data and nets -------------------------------------------------------------------------
 def make_data(root: Path, size: int, count: int) -> Path:
     """A raw Datum LMDB of `count` images in CLASSES classes, linked in as every dataset gen names."""
     store = root / "_store"
@@ -89,30 +153,44 @@ def make_data(root: Path, size: int, count: int) -> Path:
 
 
 def write_run(out: Path, name: str, cfg: dict, data: Path, gpu: bool, iters: int, engine: str | None = None) -> Path:
-    solver = {"max_iter": iters, "snapshot": iters, "test_iter": 1, "test_interval": iters, "display": 10,
-              "random_seed": 1}
+    solver = {"max_iter": iters, "snapshot": iters, "test_iter": 1, "test_interval": iters,
+              "display": cfg["display"], "random_seed": 1}
     options = gen.GenOptions(arch=cfg["arch"], data_root=data, gpu=gpu, engine=engine, solver=solver,
                              fc8_outputs=CLASSES if cfg["arch"] == "small" else None)
     gen.write_runs({out: parse(name)}, options, force=True)
     return out
 
 
-def fed_from_memory(run: Path, name: str, noise: bool = True) -> Path:
-    """A copy of the run's train net whose TRAIN data layer is Caffe's DummyData of the same shape:
-    no LMDB read, no decoding, no transform; and a solver that trains it."""
+def train_data_layer(net):
     pb2 = caffe_env.caffe_pb2()
+    return next(layer for layer in net.layer
+                if layer.type == "Data" and layer.include and layer.include[0].phase == pb2.TRAIN)
+
+
+def no_snapshots(solver: str) -> str:
+    return re.sub(r"(?m)^snapshot: .*$", "snapshot: 0", solver) + "snapshot_after_train: false\n"
+
+
+def fed_from_memory(run: Path, name: str, constant: bool = True) -> Path:
+    """A copy of the run's train net whose TRAIN data layer is Caffe's DummyData of the same shape,
+    and a solver that trains it. Caffe refills a DummyData top on the CPU every iteration unless
+    its filler is constant (`refill_` in dummy_data_layer.cpp): constant tops are filled once, so
+    the net runs at the device's speed. `agree` alone asks for drawn values, for a real gradient."""
     net = protos.read_net(run / "train_val.prototxt")
-    for layer in net.layer:
-        if layer.type == "Data" and layer.include and layer.include[0].phase == pb2.TRAIN:
-            batch, crop = layer.data_param.batch_size, layer.transform_param.crop_size
-            layer.type = "DummyData"
-            layer.ClearField("data_param")
-            layer.ClearField("transform_param")
-            param = layer.dummy_data_param
-            param.shape.add().dim.extend([batch, 3, crop, crop])
-            param.shape.add().dim.extend([batch])
-            param.data_filler.add(type="gaussian" if noise else "constant", std=50)
-            param.data_filler.add(type="uniform", min=0, max=CLASSES - 0.01)
+    layer = train_data_layer(net)
+    batch, crop = layer.data_param.batch_size, layer.transform_param.crop_size
+    layer.type = "DummyData"
+    layer.ClearField("data_param")
+    layer.ClearField("transform_param")
+    param = layer.dummy_data_param
+    param.shape.add().dim.extend([batch, 3, crop, crop])
+    param.shape.add().dim.extend([batch])
+    if constant:
+        param.data_filler.add(type="constant", value=1)
+        param.data_filler.add(type="constant", value=0)
+    else:
+        param.data_filler.add(type="gaussian", std=50)
+        param.data_filler.add(type="uniform", min=0, max=CLASSES - 0.01)
     (run / f"{name}.prototxt").write_text(text_format.MessageToString(net))
     solver = (run / "solver.prototxt").read_text().replace('"train_val.prototxt"', f'"{name}.prototxt"')
     solver = solver.replace(f'snapshot_prefix: "{SNAPSHOT_DIR}/', f'snapshot_prefix: "{SNAPSHOT_DIR}/{name}_')
@@ -120,21 +198,20 @@ def fed_from_memory(run: Path, name: str, noise: bool = True) -> Path:
     return run / f"{name}_solver.prototxt"
 
 
-def speed(log_text: str) -> float:
-    """Median ms per iteration over Caffe's `Iteration N (R iter/s, ...)` lines: iteration 0's rate
-    means nothing, and the first interval after it holds the warm-up unless it is the only one."""
-    rates = [float(m["rate"]) for m in _SPEED.finditer(log_text) if m["iteration"] != "0"]
-    if not rates:
-        raise RuntimeError("no `Iteration N (R iter/s` line in Caffe's log: too few iterations for its display")
-    return 1000 / statistics.median(rates[1:] or rates)
+def blobs(path: Path, names: list[str] | None = None) -> dict[str, list[np.ndarray]]:
+    net = caffe_env.caffe_pb2().NetParameter()
+    net.ParseFromString(path.read_bytes())
+    return {layer.name: [np.array(b.data, dtype=np.float32) for b in layer.blobs] for layer in net.layer
+            if layer.blobs and (names is None or layer.name in names)}
 
 
+# --- measurements --------------------------------------------------------------------------
 def time_net(cfg: dict, data: Path, out: Path, engine: str, gpu: bool) -> dict:
     """`caffe time` of the base net at its training batch, fed from memory."""
-    run = write_run(out / f"time_{engine}", "half0A", cfg, data, gpu, 1, engine=engine)
-    fed_from_memory(run, "time", noise=False)
-    text = caffe(["time", "-model", "time.prototxt", "-iterations", cfg["time_iter"], *(["-gpu", 0] if gpu else [])],
-                 run, run / "time.log")
+    run = write_run(out / f"time_{engine}", BASE, cfg, data, gpu, 1, engine=engine)
+    fed_from_memory(run, "time")
+    text, _ = caffe(["time", "-model", "time.prototxt", "-iterations", cfg["time_iter"], *on(gpu)],
+                    run, run / "time.log", gpu, cfg["threads"])
     layers: dict = {}
     for m in _TIME.finditer(text):
         layers.setdefault(m["layer"], {})[m["pass"] + "_ms"] = float(m["ms"])
@@ -143,66 +220,100 @@ def time_net(cfg: dict, data: Path, out: Path, engine: str, gpu: bool) -> dict:
             "iteration_ms": average.get("Forward-Backward"), "layers": layers}
 
 
-def blobs(path: Path) -> dict[str, list[np.ndarray]]:
-    net = caffe_env.caffe_pb2().NetParameter()
-    net.ParseFromString(path.read_bytes())
-    return {layer.name: [np.array(b.data, dtype=np.float32) for b in layer.blobs] for layer in net.layer if layer.blobs}
-
-
-def train_transfer(cfg: dict, data: Path, out: Path, gpu: bool) -> dict:
-    device = ["-gpu", 0] if gpu else []
-    base = write_run(out / "half0A", "half0A", cfg, data, gpu, cfg["base_iter"])
-    caffe(["train", "-solver", "solver.prototxt", *device], base, base / "train.log")
-    run = write_run(out / "transfer0A0B_1_3", "transfer0A0B_1_3", cfg, data, gpu, cfg["train_iter"])
-    base_model = base / snapshot_file(snapshot_prefix("half0A"), cfg["base_iter"])
-    try:  # transplant needs pycaffe; without it Caffe's own --weights copies the same layers by name
+def seed(run: Path, base_model: Path) -> tuple[Path, str]:
+    """A transfer's init, made by `transplant` from the base's snapshot."""
+    # Until transplant works without pycaffe (#24 item 6, in progress), a Python with no pycaffe
+    # (3.12 on the GPU images) seeds with Caffe's own --weights, which copies the same layers by
+    # name (the renamed `-new` ones keep their fillers). Remove this branch when that lands.
+    try:
         caffe_env.pycaffe()
     except CaffeTransferError as e:
-        init, how = base_model, f"caffe --weights (no pycaffe: {e})"
-    else:
-        from caffe_transfer.runs.transplant import transplant
+        return base_model, f"caffe --weights (no pycaffe: {e})"
+    from caffe_transfer.runs.transplant import transplant
 
-        init, how = transplant(run, base=base_model).init, "transplant"
-    started = time.monotonic()
-    text = caffe(["train", "-solver", "solver.prototxt", "-weights", init, *device], run, run / "train.log")
-    wall = time.monotonic() - started
+    return transplant(run, base=base_model).init, "transplant"
+
+
+def rate(cfg: dict, data: Path, out: Path, gpu: bool, name: str, base_model: Path | None) -> dict:
+    """One net alone on the device, through the DataLayer and fed from memory; its memory, and
+    what its training shows: frozen layers bit-identical, the loss falling."""
+    run = write_run(out / name, name, cfg, data, gpu, cfg["iter"])
+    init, how = seed(run, base_model) if base_model else (None, "fillers")
+    weights = ["-weights", init] if init else []
+    text, mib = caffe(["train", "-solver", "solver.prototxt", *weights, *on(gpu)], run, run / "train.log",
+                      gpu, cfg["threads"])
     memory = fed_from_memory(run, "memory")
-    memory_text = caffe(["train", "-solver", memory.name, "-weights", init, *device], run, run / "memory.log")
-    final = run / snapshot_file(snapshot_prefix("transfer0A0B_1_3"), cfg["train_iter"])
-    before, after = blobs(Path(init)), blobs(final)
+    memory.write_text(no_snapshots(memory.read_text()))
+    memory_text, _ = caffe(["train", "-solver", memory.name, *weights, *on(gpu)], run, run / "memory.log",
+                           gpu, cfg["threads"])
+    kind, n = price_kind(parse(name))
     roles = json.loads((run / "treatment.json").read_text())["layers"]
     frozen = [r["name"] for r in roles if r["frozen"]]
-    identical = {n: all(np.array_equal(a, b) for a, b in zip(before[n], after[n])) for n in frozen}
+    final = run / snapshot_file(snapshot_prefix(name), cfg["iter"])
+    before, after = (blobs(Path(init), frozen), blobs(final, frozen)) if frozen else ({}, {})
     losses = [row["loss"] for row in parse_file(run / "train.log").train if "loss" in row]
     data_ms, memory_ms = speed(text), speed(memory_text)
-    return {"init": how, "iterations": cfg["train_iter"], "wall_s": round(wall, 1),
-            "datalayer_ms": data_ms, "memory_ms": memory_ms,
-            "datalayer_limits": bool(data_ms > 1.1 * memory_ms), "frozen_identical": identical,
+    return {"kind": kind, "n": n, "datalayer_ms": data_ms, "memory_ms": memory_ms, "gpu_mib": mib,
+            "net": name, "init": how, "init_path": str(init) if init else None, "final": str(final),
+            "frozen_identical": {f: all(np.array_equal(a, b) for a, b in zip(before[f], after[f])) for f in frozen},
             "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
             "loss_falls": bool(losses and losses[-1] < losses[0])}
 
 
+def datalayer_alone(cfg: dict, data: Path, out: Path, gpu: bool, threads: int) -> float:
+    """ms per batch of the base's TRAIN Data layer with nothing behind it but a Silence layer,
+    trained by a solver with nothing to learn (its log's rate skips the prefetched batches)."""
+    run = write_run(out / f"alone_{threads}", BASE, cfg, data, gpu, cfg["iter"])
+    data_layer = train_data_layer(protos.read_net(run / "train_val.prototxt"))
+    net = caffe_env.caffe_pb2().NetParameter(name="DataLayerAlone")
+    net.layer.add().CopyFrom(data_layer)
+    net.layer.add(name="silence", type="Silence", bottom=list(data_layer.top))
+    (run / "alone.prototxt").write_text(text_format.MessageToString(net))
+    (run / "alone_solver.prototxt").write_text(
+        f'net: "alone.prototxt"\nbase_lr: 0\nlr_policy: "fixed"\nmax_iter: {cfg["iter"]}\n'
+        f'display: {cfg["display"]}\nsnapshot_after_train: false\nsolver_mode: {"GPU" if gpu else "CPU"}\n')
+    text, _ = caffe(["train", "-solver", "alone_solver.prototxt", *on(gpu)], run, run / "alone.log", gpu, threads)
+    return speed(text)
+
+
+def pack(cfg: dict, data: Path, out: Path, gpu: bool, kind: str, alone: dict) -> list[dict]:
+    """k copies of the kind's net at once, through the DataLayer, each in its own folder: their
+    aggregate ms per iteration, 1000 / (the sum of their iterations per second); k = 1 is the
+    net alone, as `rate` measured it."""
+    rows = [{"kind": kind, "nets": 1, "aggregate_ms": alone["datalayer_ms"]}]
+    weights = ["-weights", alone["init_path"]] if alone["init_path"] else []
+    for k in PACKINGS[1:]:
+        jobs = []
+        for i in range(k):
+            run = write_run(out / f"packed_{kind}_{k}" / str(i), alone["net"], cfg, data, gpu, cfg["iter"])
+            (run / "solver.prototxt").write_text(no_snapshots((run / "solver.prototxt").read_text()))
+            jobs.append((["train", "-solver", "solver.prototxt", *weights, *on(gpu)], run, run / "train.log"))
+        texts, _ = caffe_all(jobs, gpu, cfg["threads"])
+        rows.append({"kind": kind, "nets": k, "aggregate_ms": 1000 / sum(1000 / speed(t) for t in texts)})
+    return rows
+
+
 def agree(data: Path, out: Path, engine: str) -> dict:
     """One SGD step (no momentum, no decay, no dropout) of the small net on the CPU and on the GPU
-    from the same init and data (fillers and DummyData draw from Caffe's seeded CPU generator in
-    both modes), and a CPU run with learning rate 0 for the init: the GPU's step against the CPU's."""
-    cfg = {**DRY, "arch": "small"}
+    from the same init and data (fillers draw from Caffe's seeded CPU generator in both modes),
+    and a CPU run with learning rate 0 for the init: the GPU's step against the CPU's."""
+    cfg = {**DRY, "threads": 0}
     runs = {}
-    for key, gpu, rate in (("init", False, "0"), ("cpu", False, "0.01"), ("gpu", True, "0.01")):
-        run = write_run(out / f"agree_{engine}_{key}", "half0A", cfg, data, gpu, 1, engine=engine)
-        solver = fed_from_memory(run, "step")
+    for key, gpu, lr in (("init", False, "0"), ("cpu", False, "0.01"), ("gpu", True, "0.01")):
+        run = write_run(out / f"agree_{engine}_{key}", BASE, cfg, data, gpu, 1, engine=engine)
+        solver = fed_from_memory(run, "step", constant=False)
         net = protos.read_net(run / "step.prototxt")
         keep = [layer for layer in net.layer if layer.type != "Dropout"]
         del net.layer[:]
         net.layer.extend(keep)
         (run / "step.prototxt").write_text(text_format.MessageToString(net))
         text = re.sub(r"(?m)^(momentum|weight_decay): .*$", r"\1: 0", solver.read_text())
-        solver.write_text(re.sub(r"(?m)^base_lr: .*$", f"base_lr: {rate}", text) + "test_initialization: false\n")
-        caffe(["train", "-solver", solver.name, *(["-gpu", 0] if gpu else [])], run, run / "step.log")
+        solver.write_text(re.sub(r"(?m)^base_lr: .*$", f"base_lr: {lr}", text) + "test_initialization: false\n")
+        caffe(["train", "-solver", solver.name, *on(gpu)], run, run / "step.log", gpu, 0)
         losses = [row["loss"] for row in parse_file(run / "step.log").train if "loss" in row]
         runs[key] = (losses[0] if losses else float("nan"),
                      blobs(next((run / SNAPSHOT_DIR).glob("step_*_iter_1.caffemodel"))))
-    init, (cpu_loss, cpu), (gpu_loss, gpu) = runs["init"][1], runs["cpu"], runs["gpu"]
+    (_, init), (cpu_loss, cpu), (gpu_loss, gpu) = runs["init"], runs["cpu"], runs["gpu"]
     step = max(float(np.max(np.abs(c - i))) for name in cpu for c, i in zip(cpu[name], init[name]))
     worst = max(float(np.max(np.abs(g - c))) for name in cpu for c, g in zip(cpu[name], gpu[name])) / (step or 1)
     return {"engine": engine, "loss_cpu": cpu_loss, "loss_gpu": gpu_loss, "largest_step": step,
@@ -241,20 +352,18 @@ def torch_caffenet(iterations: int = 20) -> dict:
     return {"torch": torch.__version__, "iteration_ms": (time.perf_counter() - started) * 1000 / iterations}
 
 
-def grid(iteration_ms: float) -> dict:
-    runs = plan.plan_runs(plan.select())
-    return {f"{n}_gpus": plan.estimate(runs, iteration_ms / 1000, n) for n in (1, 8)}
-
-
-def goals(r: dict) -> dict:
-    """The issue's speed goals, read from the figures (None where a figure is missing)."""
-    ms = {t["engine"]: t["iteration_ms"] for t in r["time"]}
-    torch_ms = r["torch"].get("iteration_ms") if isinstance(r["torch"], dict) else None
-    speedup = ms["caffe"] / ms["cudnn"] if ms.get("caffe") and ms.get("cudnn") else None
-    vs_torch = ms["cudnn"] / torch_ms if ms.get("cudnn") and torch_ms else None
-    return {"cudnn_speedup": speedup, "cudnn_speedup_at_least_2.5": speedup >= 2.5 if speedup else None,
-            "cudnn_over_torch": vs_torch, "within_2x_of_torch": vs_torch <= 2 if vs_torch else None,
-            "datalayer_not_limiting": not r["train"]["datalayer_limits"]}
+# --- the report ----------------------------------------------------------------------------
+def device(gpu: bool) -> dict:
+    if not gpu:
+        return {"name": f"CPU, {len(os.sched_getaffinity(0))} cores (dry run)", "driver": "none", "cuda": "none",
+                "cudnn": caffe_env.cudnn_version(), "memory_mib": None}
+    smi = subprocess.run(["nvidia-smi", "-i", "0", "--query-gpu=name,driver_version,memory.total",
+                          "--format=csv,noheader,nounits"], capture_output=True, text=True).stdout
+    name, driver, memory = [x.strip() for x in smi.split(",")]
+    nvcc = subprocess.run(["nvcc", "--version"], capture_output=True, text=True).stdout
+    cuda = re.search(r"release ([0-9.]+)", nvcc)
+    return {"name": name, "driver": driver, "cuda": cuda.group(1) if cuda else "unknown",
+            "cudnn": caffe_env.cudnn_version(), "memory_mib": int(memory)}
 
 
 def main() -> None:
@@ -264,54 +373,31 @@ def main() -> None:
     ap.add_argument("--build-seconds", type=float)
     args = ap.parse_args()
     gpu = not args.dry_run
-    cfg = DRY if args.dry_run else REAL
+    cfg = {**(DRY if args.dry_run else REAL), "threads": data_threads()}
     out = args.out.resolve()
-    report: dict = {"dry_run": args.dry_run, "build_seconds": args.build_seconds,
-                    "caffe_build": caffe_env.build_stamp(), "cudnn": caffe_env.cudnn_version(), "arch": cfg["arch"]}
-    if gpu:
-        report["gpu"] = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,compute_cap,memory.total",
-                                        "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
-    data = make_data(out / "data", architecture(cfg["arch"], CLASSES).image_size, cfg["images"])
-    engines = ["caffe", "cudnn"] if report["cudnn"] else ["caffe"]
-    report["time"] = [time_net(cfg, data, out, e, gpu) for e in engines]
-    report["train"] = train_transfer(cfg, data, out, gpu)
-    report["agree"] = [agree(data, out, e) for e in engines] if gpu else "skipped: needs a GPU"
+    arch = architecture(cfg["arch"], CLASSES)
+    r: dict = {"dry_run": args.dry_run, "build_seconds": args.build_seconds, "caffe_build": caffe_env.build_stamp(),
+               "arch": cfg["arch"], "batch_size": arch.train_batch, "device": device(gpu),
+               "data_threads": cfg["threads"]}
+    data = make_data(out / "data", arch.image_size, cfg["images"])
+    engines = ["caffe", "cudnn"] if r["device"]["cudnn"] else ["caffe"]
+    r["time"] = [time_net(cfg, data, out, e, gpu) for e in engines]
+    base = rate(cfg, data, out, gpu, BASE, None)
+    r["rates"] = [base] + [rate(cfg, data, out, gpu, name, Path(base["final"])) for name in TRANSFERS]
+    r["datalayer_alone_ms"] = {str(t): datalayer_alone(cfg, data, out, gpu, t) for t in sorted({0, cfg["threads"]})}
+    r["packing"] = [row for kind, net in PACKED.items()
+                    for row in pack(cfg, data, out, gpu, kind, next(x for x in r["rates"] if x["net"] == net))]
+    r["recommended_nets_per_gpu"], r["recommendation"] = recommend(r["rates"], r["packing"], r["device"]["memory_mib"])
+    r["price"] = grid_price(r["rates"], r["packing"], r["recommended_nets_per_gpu"])
+    r["agree"] = [agree(data, out, e) for e in engines] if gpu else "skipped: needs a GPU"
     try:
-        report["torch"] = torch_caffenet() if gpu else "skipped: needs a GPU"
+        r["torch"] = torch_caffenet() if gpu else "skipped: needs a GPU"
     except ImportError:
-        report["torch"] = "skipped: torch does not import"
-    report["grid"] = grid(report["train"]["datalayer_ms"])
-    report["goals"] = goals(report)
-    write_atomic(out / "gpu_check.json", json.dumps(report, indent=2) + "\n")
-    print(summary(report))
-
-
-def summary(r: dict) -> str:
-    t = r["train"]
-    lines = [f"gpu_check{' (dry run, CPU, small net)' if r['dry_run'] else ''}: {r.get('gpu', 'no GPU')}",
-             f"  caffe: {r['caffe_build']}; build {r['build_seconds'] or '-'} s; cuDNN {r['cudnn'] or 'none'}"]
-    for x in r["time"]:
-        lines.append(f"  caffe time ({x['engine']}): forward {x['forward_ms']} ms, backward {x['backward_ms']} ms, "
-                     f"iteration {x['iteration_ms']} ms")
-    lines += [f"  train transfer0A0B_1_3 ({t['init']}): DataLayer {t['datalayer_ms']:.1f} ms/iter, from memory "
-              f"{t['memory_ms']:.1f} ms/iter{' (the DataLayer limits the speed)' if t['datalayer_limits'] else ''}",
-              f"  frozen layers bit-identical: {all(t['frozen_identical'].values())} ({', '.join(t['frozen_identical'])}); "
-              f"loss {t['loss_first']} -> {t['loss_last']} (falls: {t['loss_falls']})"]
-    for a in r["agree"] if isinstance(r["agree"], list) else []:
-        lines.append(f"  GPU vs CPU ({a['engine']}): loss {a['loss_gpu']} vs {a['loss_cpu']}, step agrees within "
-                     f"{a['max_weight_diff_of_step']:.2e} of its size (tolerance {a['tolerance']}): {a['agree']}")
-    if isinstance(r["agree"], str):
-        lines.append(f"  GPU vs CPU: {r['agree']}")
-    torch_line = r["torch"] if isinstance(r["torch"], str) else json.dumps(r["torch"])
-    lines.append(f"  torch CaffeNet: {torch_line}")
-    g = r["goals"]
-    lines.append(f"  goals: cuDNN/Caffe speedup {g['cudnn_speedup'] or '-'} (>= 2.5: {g['cudnn_speedup_at_least_2.5']}); "
-                 f"cuDNN/torch {g['cudnn_over_torch'] or '-'} (<= 2: {g['within_2x_of_torch']}); "
-                 f"DataLayer not limiting: {g['datalayer_not_limiting']}")
-    for key, e in r["grid"].items():
-        lines.append(f"  grid at {e['iter_seconds'] * 1000:.1f} ms/iter on {e['gpus']} GPU(s): "
-                     f"{e['gpu_hours']:,.0f} GPU-hours, {e['wall_hours']:,.0f} h wall-clock")
-    return "\n".join(lines)
+        r["torch"] = "skipped: torch does not import"
+    r["goals"] = goals(r)
+    write_atomic(out / "gpu_check.json", json.dumps(rates_json(r), indent=2) + "\n")
+    write_atomic(out / "report.json", json.dumps(r, indent=2) + "\n")
+    print(summary(r))
 
 
 if __name__ == "__main__":

@@ -1,27 +1,34 @@
 #!/usr/bin/env bash
 # The GPU acceptance in one command, for a fresh GPU machine with no network (at most 8 minutes):
 # builds Caffe from an offline bundle for the visible card's architecture (with cuDNN where
-# found), then tools/gpu_check.py measures and checks and writes OUT/gpu_check.json.
+# found), then tools/gpu_check.py measures and checks and writes OUT/gpu_check.json (the rates
+# `plan --rates` reads) and OUT/report.json.
 #
 #   tools/gpu_check.sh --bundle DIR --out DIR [--dry-run]
 #
 # The bundle comes from `tools/install_caffe.sh --bundle DIR` (with BUNDLE_PYTHON set to the GPU
 # machine's Python version). --dry-run is every step that needs no GPU, on this CPU machine: it
 # writes the bundle if DIR has none, checks it, prints the build command a GPU machine runs,
-# and runs gpu_check.py with the small net on the Caffe already built (CAFFE_ROOT, PYTHON).
+# makes the check's venv from PYTHON (default .venv/bin/python) as a GPU machine makes it from
+# python3, and runs gpu_check.py with the small net on the Caffe already built (CAFFE_ROOT).
+# Usage errors exit 2.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 die() { printf '[gpu_check] error: %s\n' "$*" >&2; exit 1; }
+usage() { printf '[gpu_check] error: %s: expected --bundle DIR --out DIR [--dry-run]\n' "$*" >&2; exit 2; }
 BUNDLE="" OUT="" DRY=0
 while [ $# -gt 0 ]; do
   case "$1" in
-    --bundle) BUNDLE=${2:-}; shift 2 ;;
-    --out) OUT=${2:-}; shift 2 ;;
+    --bundle|--out)
+      [ $# -ge 2 ] && [ -n "$2" ] && [ "${2#--}" = "$2" ] || usage "$1 needs a folder"
+      if [ "$1" = --bundle ]; then BUNDLE=$2; else OUT=$2; fi
+      shift 2 ;;
     --dry-run) DRY=1; shift ;;
-    *) die "unknown argument $1: expected --bundle DIR --out DIR [--dry-run]" ;;
+    *) usage "unknown argument $1" ;;
   esac
 done
-[ -n "$BUNDLE" ] && [ -n "$OUT" ] || die "expected --bundle DIR --out DIR [--dry-run]"
+[ -n "$BUNDLE" ] || usage "no --bundle"
+[ -n "$OUT" ] || usage "no --out"
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 
@@ -32,7 +39,8 @@ if [ "$DRY" = 1 ]; then
   echo "[gpu_check] dry run: a GPU machine builds with" \
        "CAFFE_ROOT=$OUT/caffe CAFFE_CUDA=1 CUDA_ARCH_BIN=<its compute capability> PYTHON=$OUT/venv/bin/python" \
        "tools/install_caffe.sh --from $BUNDLE; here the CPU build in ${CAFFE_ROOT:-/opt/caffe} is used" >&2
-  exec env PYTHONPATH="$PWD" "$PY" tools/gpu_check.py --out "$OUT" --dry-run
+  PYTHON="$PY" bash tools/gpu_check_venv.sh "$OUT/venv"
+  exec env PYTHONPATH="$PWD" "$OUT/venv/bin/python" tools/gpu_check.py --out "$OUT" --dry-run
 fi
 
 command -v nvidia-smi >/dev/null || die "no nvidia-smi: this is not a GPU machine (use --dry-run)"
@@ -40,9 +48,9 @@ command -v nvcc >/dev/null || export PATH=/usr/local/cuda/bin:$PATH
 command -v nvcc >/dev/null || die "no nvcc on PATH or in /usr/local/cuda/bin"
 ARCH=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -n1 | tr -d ' .')
 [ -n "$ARCH" ] || die "nvidia-smi reports no compute capability"
-# The machine's own packages (numpy, torch, NVIDIA's CUDA wheels, pip) plus the bundle's wheels;
-# --without-pip needs no ensurepip (python3-venv), which such machines often lack.
-[ -x "$OUT/venv/bin/python" ] || python3 -m venv --without-pip --system-site-packages "$OUT/venv"
+# The machine's own packages (numpy, torch, NVIDIA's CUDA wheels, pip), also where its python3 is
+# itself a venv, plus the bundle's wheels.
+bash tools/gpu_check_venv.sh "$OUT/venv"
 PY=$OUT/venv/bin/python
 export CAFFE_ROOT=$OUT/caffe
 started=$(date +%s)

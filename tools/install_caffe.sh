@@ -57,6 +57,15 @@ find_mirror() {
 log() { printf '[install_caffe] %s\n' "$*" >&2; }
 die() { printf '[install_caffe] error: %s\n' "$*" >&2; exit 1; }
 
+# Settings a bad value of which would fail only minutes into a build: checked before anything.
+case "$JOBS" in ''|*[!0-9]*|0*) die "JOBS=$JOBS: expected a positive number of build jobs" ;; esac
+for arch in $CUDA_ARCH_BIN; do
+  [[ $arch =~ ^[0-9]{2,3}[a-z]?$ ]] \
+    || die "CUDA_ARCH_BIN=\"$CUDA_ARCH_BIN\": $arch is not a compute capability (expected e.g. \"80 90\")"
+done
+[ -z "${CUDNN_ROOT:-}" ] || [ -d "$CUDNN_ROOT" ] \
+  || die "CUDNN_ROOT=$CUDNN_ROOT: no such folder (expected cuDNN's prefix, with include/ and lib/)"
+
 BUNDLE="" FROM=""
 case "${1:-}" in
   --bundle) BUNDLE=${2:-} ; [ -n "$BUNDLE" ] || die "--bundle needs a folder" ;;
@@ -166,7 +175,7 @@ cuda_args=() CUDNN_VERSION="" CUDNN_HEADER=""
 
 MODE=$([ "$CUDA" = 1 ] && echo "cuda:${CUDA_ARCH_BIN// /,}${CUDNN_VERSION:++cudnn$CUDNN_VERSION}" || echo cpu)
 SCRIPT_SHA=$(cat "${BASH_SOURCE[0]}" "$HERE"/caffe_{bundle,cuda}.sh "$HERE"/caffe_fixes/* | sha256sum | cut -c1-16)
-STAMP_TEXT="source=$SRC_VERSION mode=$MODE python=$PY_EXE/$PY_VER numpy=${NUMPY_VER%%.*} script=$SCRIPT_SHA${FROM:+ deps=bundle}"
+STAMP_TEXT="source=$SRC_VERSION mode=$MODE python=$PY_EXE/$PY_VER numpy=${NUMPY_VER%%.*} script=$SCRIPT_SHA fixes=datalayer-threads${FROM:+ deps=bundle}"
 STAMP=$CAFFE_ROOT/.caffe-transfer-build
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$STAMP_TEXT" ] && [ -x "$CAFFE_ROOT/bin/caffe" ]; then
@@ -177,7 +186,7 @@ fi
 # --- build dependencies -------------------------------------------------------------------
 BUNDLE_PYCAFFE=1 DEPS_CMAKE_ARGS=()
 if [ -n "$FROM" ]; then
-  for t in cmake make c++; do command -v "$t" >/dev/null || die "--from needs $t on PATH (a bundle has no build tools)"; done
+  for t in cmake make c++ patch; do command -v "$t" >/dev/null || die "--from needs $t on PATH (a bundle has no build tools)"; done
   use_bundle "$FROM"
 else
   install_build_deps
@@ -197,6 +206,11 @@ dpkg-source --no-check -x "$CACHE/$DSC_FILE" "$SRC" >/dev/null
 sed -i 's/SetTotalBytesLimit(kProtoReadBytesLimit, 536870912)/SetTotalBytesLimit(kProtoReadBytesLimit)/' \
   "$SRC/src/caffe/util/io.cpp"
 grep -q 'SetTotalBytesLimit(kProtoReadBytesLimit)' "$SRC/src/caffe/util/io.cpp" || die "protobuf fix did not apply"
+# The DataLayer's parallel transform (tools/caffe_fixes/parallel_data_layer.patch), which gives
+# the very same batches as stock Caffe: applied to every build, and checked.
+patch -d "$SRC" -p1 --forward --batch --quiet < "$HERE/caffe_fixes/parallel_data_layer.patch" >/dev/null \
+  || die "the DataLayer patch did not apply (tools/caffe_fixes/parallel_data_layer.patch)"
+grep -q 'CAFFE_DATA_THREADS' "$SRC/src/caffe/layers/data_layer.cpp" || die "the DataLayer patch did not apply"
 if [ "$CUDA" = 1 ]; then
   # CUDA 13 removed these cudaDeviceProp fields; only DeviceQuery prints them.
   sed -i -e '/prop\.clockRate/d' -e '/prop\.kernelExecTimeoutEnabled/d' -e '/prop\.deviceOverlap/d' \

@@ -10,6 +10,9 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PYTHON_BASE=${PYTHON_BASE:-python3}
 export CAFFE_ROOT=${CAFFE_ROOT:-/opt/caffe}
+die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
+[ ! -e "$VENV" ] || [ -d "$VENV" ] || die "VENV=$VENV: not a folder (expected the virtual environment's)"
+command -v "$PYTHON_BASE" >/dev/null || die "PYTHON_BASE=$PYTHON_BASE: no such interpreter (expected e.g. python3)"
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO=sudo
 

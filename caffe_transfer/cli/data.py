@@ -22,7 +22,8 @@ from caffe_transfer.cli.types import (
 @click.option("--classes", "class_sets", multiple=True, type=ClassSet(),
               help="Custom halves instead of the paper's: a dataset name and a file of class indices "
                    "or wnids (repeatable), e.g. --classes mysplitA=a.txt --classes mysplitB=b.txt.")
-@click.option("--num-classes", type=click.IntRange(min=2), help="Classes in the whole list (default: inferred).")
+@click.option("--num-classes", type=click.IntRange(min=2), help="Classes in the whole list (default: inferred; "
+              "a list of ImageNet's synset folders must then have all 1000).")
 @click.option("--check", "check_dir", type=existing_dir(),
               help="Verify a folder of lists instead: disjoint halves, complete cover, labels 0..K-1, "
                    "every class with images, each path once and of one class.")
@@ -120,12 +121,15 @@ def make_lmdb(list_file, image_root, out_dir, resize, encoded, gray, no_shuffle,
 @click.option("--devkit", type=existing_dir(), help="The ILSVRC2012 devkit folder, for val labels.")
 @click.option("--val-solution", type=existing_file(), help="Kaggle's LOC_val_solution.csv, for val labels.")
 @click.option("--val-labels", type=existing_file(), help="`NAME LABEL` or `NAME WNID` lines, for val labels.")
+@click.option("--num-classes", type=click.IntRange(min=2),
+              help="Class folders in the train tree (default: inferred; a tree of wnid folders must then "
+                   "have all 1000).")
 @experiment_options
 @click.option("--out", "-o", "data_root", required=True, type=out_dir(),
               help="DATA_ROOT: lists, and one folder per dataset (gen's and plan's --data-root).")
 @build_options
-def prepare(train_dir, val_dir, devkit, val_solution, val_labels, experiments, splits, data_root, resize, encoded,
-            gray, no_shuffle, seed, workers, force) -> None:
+def prepare(train_dir, val_dir, devkit, val_solution, val_labels, num_classes, experiments, splits, data_root, resize,
+            encoded, gray, no_shuffle, seed, workers, force) -> None:
     """Write every list, split, LMDB and mean the chosen experiments need, decoding each image once.
 
     Prints the disk each dataset needs (raw and --encoded) and refuses a disk too small; one
@@ -136,7 +140,7 @@ def prepare(train_dir, val_dir, devkit, val_solution, val_labels, experiments, s
     treatments = select(experiments, splits)
     datasets = sorted({name for t in treatments for name in (t.train_set, t.val_set)})
     done = run(train_dir, val_dir, data_root, datasets, _options(resize, encoded, gray, no_shuffle, seed, workers),
-               val_labels, devkit, val_solution, force, say=click.echo)
+               val_labels, devkit, val_solution, force, say=click.echo, num_classes=num_classes)
     for note in done.notes:
         click.echo(note)
     built = sum(not r.already_complete for r in done.results.values())

@@ -17,7 +17,8 @@ from caffe_transfer.cli.types import (
     SolverOverride,
     out_dir,
 )
-from caffe_transfer.grid.packing import DEFAULT_DATA_THREADS, Packing
+from caffe_transfer.common.caffe_env import DATA_THREADS_AUTO, DATA_THREADS_MAX
+from caffe_transfer.grid.packing import Packing
 from caffe_transfer.model.architectures import ARCHITECTURES
 from caffe_transfer.model.treatments import N_TRANSFERABLE, SPLIT_IDS
 
@@ -135,7 +136,8 @@ packing_options = option_group("Sharing each GPU", "packing", [
     (("--nets-per-gpu",), dict(type=click.IntRange(min=1), default=1, show_default=True,
                                help="Runs trained at once on each GPU, each its own Caffe (recorded in the "
                                "plan: run-all, SLURM and the estimate use it; docs/gpu.md: choosing N).")),
-    (("--data-threads",), dict(type=click.IntRange(min=0), default=DEFAULT_DATA_THREADS, show_default=True,
+    (("--data-threads",), dict(type=click.IntRange(0, DATA_THREADS_MAX), default=DATA_THREADS_AUTO,
+                               show_default=True,
                                help="CAFFE_DATA_THREADS of each GPU run: the DataLayer's transform threads "
                                "(0: stock Caffe's one thread); sizes SLURM's --cpus-per-task.")),
 ], Packing)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -15,16 +16,31 @@ from caffe_transfer.cli.types import (
     out_file,
 )
 
+if TYPE_CHECKING:
+    from caffe_transfer.model.treatments import Treatment
+
+
+def _treatment(name: str, n: int | None, split: str | None) -> tuple[Treatment, list[str]]:
+    """The treatment a name means, with the paper's first random split where a short name needs
+    a split and --split is not given; and that choice, to tell the user."""
+    from caffe_transfer.model.treatments import FIRST_SPLIT, SPLIT_IDS, needs_split, parse
+
+    if split is None and needs_split(name):
+        return parse(name, n=n, split=FIRST_SPLIT), [
+            f"split {FIRST_SPLIT}, the paper's first random split (or --split "
+            f"{'|'.join(s for s in SPLIT_IDS if s != FIRST_SPLIT)})"]
+    return parse(name, n=n, split=split), []
+
 
 @click.command()
 @click.argument("name")
 @treatment_options
 def describe(name: str, n: int | None, split: str | None) -> None:
-    """Show what a treatment is: folder name, notation, datasets and what each layer gets."""
+    """Show what a treatment is: folder name, notation, datasets and what each layer gets
+    (a short name without --split: split 0)."""
     from caffe_transfer.model.architectures import architecture
-    from caffe_transfer.model.treatments import parse
 
-    t = parse(name, n=n, split=split)
+    t, _ = _treatment(name, n, split)
     weight_layers = [w.name for w in architecture("caffenet", 1000).weight_layers]
     click.echo(f"folder      {t.name}")
     click.echo(f"notation    {t.notation}   (family {t.family}{', split ' + t.split if t.split else ''})")
@@ -43,24 +59,33 @@ def describe(name: str, n: int | None, split: str | None) -> None:
 @treatment_options
 @click.option("--all", "grid", is_flag=True, help="Write the authors' whole grid of 170 nets "
               "under OUT, one folder each, named as the authors named them.")
-@click.option("--out", "-o", required=True, type=out_dir(),
-              help="Run folder to write (with --all: the folder that holds the run folders).")
+@click.option("--out", "-o", type=out_dir(),
+              help="Run folder to write (default: the authors' folder name, e.g. transfer0A0B_1_3, in the "
+                   "current folder; with --all, required: the folder that holds the run folders).")
 @click.option("--base-weights", type=ScriptPath(dir_okay=False, path_type=Path),
               help="Base .caffemodel for a transfer (default: the base run's final snapshot beside OUT).")
 @click.option("--force", is_flag=True, help="Overwrite run folders that already hold snapshots.")
 @net_options
 def gen(treatment, n, split, grid, out, base_weights, force, options) -> None:
-    """Write solver, train/val and deploy prototxts and treatment.json for a treatment."""
-    from caffe_transfer.model.treatments import parse
+    """Write solver, train/val and deploy prototxts and treatment.json for a treatment.
+
+    `gen --treatment AnB --n 3` alone takes split 0 and writes ./transfer0A0B_1_3, and says so."""
     from caffe_transfer.runs.gen import write_grid, write_runs
 
     options.base_weights = base_weights
     if grid:
         if treatment or n is not None or split is not None:
             raise click.UsageError("--all writes the whole grid: drop --treatment/--n/--split")
+        if out is None:
+            raise click.UsageError("gen --all needs --out DIR, the folder that will hold the 170 run folders")
         click.echo(f"wrote {len(write_grid(out, options, force=force))} run folders under {out}")
     elif treatment:
-        t = parse(treatment, n=n, split=split)
+        t, chose = _treatment(treatment, n, split)
+        if out is None:
+            out = Path(t.name)
+            chose.append(f"folder ./{out}, the authors' name for it (or --out DIR)")
+        if chose:
+            click.echo(f"chose {', and '.join(chose)}")
         write_runs({out: t}, options, force=force)
         click.echo(f"wrote {t.describe()} to {out}")
     else:
@@ -78,7 +103,8 @@ def transplant(run_dir, base, out, seed) -> None:
     """Copy a transfer's first n layers from its base by net surgery (checked bit for bit).
 
     Writes the init .caffemodel and RUN_DIR/transplant.json (per layer: copied from where or
-    filler-initialised, shapes, checksums, frozen)."""
+    filler-initialised, shapes, checksums, frozen). Made by pycaffe, or by the caffe tool where
+    pycaffe does not import (the same file; CAFFE_TRANSFER_FILL=caffe forces it)."""
     from caffe_transfer.runs.transplant import transplant as run_transplant
 
     result = run_transplant(run_dir, base=base, out=out, seed=seed)

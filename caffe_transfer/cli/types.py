@@ -113,7 +113,17 @@ class PositiveFloat(click.FloatRange):
         return number
 
 
-class ScriptPath(click.Path):
+class PathType(click.Path):
+    """Every path the CLI takes: click's checks, and not empty or blank, which the OS reads as
+    the current folder (an `--out ''` would write a run folder's files among the user's own)."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value.strip():
+            self.fail(f"{value!r}: expected a path, not an empty one (write . for the current folder)", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+class ScriptPath(PathType):
     """A path that generated scripts will hold: no control characters (see common.shell)."""
 
     def convert(self, value, param, ctx):
@@ -144,7 +154,7 @@ class RatesFile(_Type):
         return read_rates(existing_file().convert(value, param, ctx))
 
 
-class LmdbFolder(click.Path):
+class LmdbFolder(PathType):
     """make-lmdb's OUT_DIR: a folder (made if missing) whose `lmdb` and `lmdb.partial` are its
     own, since the build renames one onto the other and deletes the partial one on --force."""
 
@@ -166,23 +176,24 @@ class FilePrefix(_Type):
     name = "PREFIX"
 
     def parse(self, value, param, ctx):
-        existing_dir().convert(str(Path(value).parent), param, ctx)
-        return Path(value)
+        prefix = PathType(path_type=Path).convert(value, param, ctx)
+        existing_dir().convert(str(prefix.parent), param, ctx)
+        return prefix
 
 
-def existing_file(**kwargs) -> click.Path:
-    return click.Path(exists=True, dir_okay=False, path_type=Path, **kwargs)
+def existing_file(**kwargs) -> PathType:
+    return PathType(exists=True, dir_okay=False, path_type=Path, **kwargs)
 
 
-def existing_dir(**kwargs) -> click.Path:
-    return click.Path(exists=True, file_okay=False, path_type=Path, **kwargs)
+def existing_dir(**kwargs) -> PathType:
+    return PathType(exists=True, file_okay=False, path_type=Path, **kwargs)
 
 
-def out_dir() -> click.Path:
+def out_dir() -> PathType:
     """A folder to write into: not an existing file (it is made if missing)."""
-    return click.Path(file_okay=False, path_type=Path)
+    return PathType(file_okay=False, path_type=Path)
 
 
-def out_file() -> click.Path:
+def out_file() -> PathType:
     """A file to write: not an existing folder."""
-    return click.Path(dir_okay=False, path_type=Path)
+    return PathType(dir_okay=False, path_type=Path)

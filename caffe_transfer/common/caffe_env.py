@@ -3,7 +3,9 @@
 The install script puts everything under one prefix, `CAFFE_ROOT` (default `/opt/caffe`):
 `bin/caffe` and the tools, `lib/libcaffe.so`, and pycaffe in `lib/python3/dist-packages`. This
 module finds that prefix (the `CAFFE_ROOT` environment variable wins), imports pycaffe from it,
-and reports what is missing with the command that fixes it (`caffe-transfer doctor`).
+says which of the two routes to a filled net `transplant` takes (pycaffe, or the `caffe` tool
+where pycaffe does not import), and reports what is missing with the command that fixes it
+(`caffe-transfer doctor`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,12 @@ INSTALL_HINT = "run `sudo tools/install_caffe.sh` (or `tools/setup.sh`) to build
 
 
 def caffe_root() -> Path:
-    return Path(os.environ.get("CAFFE_ROOT") or DEFAULT_ROOT)
+    """Where Caffe is installed: $CAFFE_ROOT, which must then be a folder, else DEFAULT_ROOT."""
+    given = os.environ.get("CAFFE_ROOT")
+    if given and not Path(given).is_dir():
+        raise CaffeTransferError(f"CAFFE_ROOT={given}: no such folder: expected the prefix tools/install_caffe.sh "
+                                 f"installed Caffe into (unset, {DEFAULT_ROOT})")
+    return Path(given or DEFAULT_ROOT)
 
 
 def tool(name: str) -> Path:
@@ -92,6 +99,28 @@ def pycaffe():
     return caffe
 
 
+FILL = "CAFFE_TRANSFER_FILL"
+FILL_ROUTES = ("pycaffe", "caffe")
+
+
+def fill_route() -> tuple[str, str]:
+    """How `transplant` fills a net and saves it, and why: ("pycaffe", ...) where pycaffe imports,
+    else ("caffe", ...): the `caffe` tool and caffe_pb2, which write the same file bit for bit.
+    CAFFE_TRANSFER_FILL=caffe or =pycaffe forces one (tests compare both; a user may rule one out)."""
+    forced = os.environ.get(FILL, "")
+    if forced and forced not in FILL_ROUTES:
+        raise CaffeTransferError(f"{FILL}={forced!r}: expected pycaffe or caffe (or unset: pycaffe where it imports)")
+    if forced == "caffe":
+        return "caffe", f"the caffe tool and caffe_pb2 ({FILL}=caffe)"
+    try:
+        pycaffe()
+    except CaffeTransferError as e:
+        if forced:
+            raise CaffeTransferError(f"{FILL}=pycaffe, but {e}") from None
+        return "caffe", "the caffe tool and caffe_pb2 (pycaffe does not import)"
+    return "pycaffe", f"pycaffe net surgery ({FILL}=pycaffe)" if forced else "pycaffe net surgery"
+
+
 def run_tool(name: str, *args: str | Path) -> subprocess.CompletedProcess:
     """Run a Caffe tool to completion; its failure becomes a CaffeTransferError with its last line."""
     proc = subprocess.run([str(tool(name)), *map(str, args)], capture_output=True, text=True)
@@ -125,6 +154,30 @@ def cudnn_version() -> str | None:
     return found.group(1) if found else None
 
 
+DATA_THREADS_ENV = "CAFFE_DATA_THREADS"
+DATA_THREADS_MAX = 64  # the patched DataLayer's own limit
+DATA_THREADS_AUTO = 4  # its automatic count at most
+
+
+def data_threads() -> int:
+    """The DataLayer's transform threads for a TRAIN net, as the patched Caffe reads them from
+    CAFFE_DATA_THREADS (tools/caffe_fixes/parallel_data_layer.patch): 0 is stock Caffe's loop; unset
+    is automatic, the CPUs this process may use, at most 4. A bad value is refused here, on one line,
+    rather than by a Caffe that stops on it hours later in a queue."""
+    text = os.environ.get(DATA_THREADS_ENV)
+    if text is None:
+        return max(1, min(DATA_THREADS_AUTO, len(os.sched_getaffinity(0))))
+    if not (text.isascii() and text.isdigit() and int(text) <= DATA_THREADS_MAX):
+        raise CaffeTransferError(f"CAFFE_DATA_THREADS={text}: expected a whole number from 0 (stock loop) to "
+                                 f"{DATA_THREADS_MAX}, or unset for automatic")
+    return int(text)
+
+
+def datalayer_patched() -> bool:
+    """Whether the build carries the DataLayer patch (install_caffe.sh records its fixes in the stamp)."""
+    return "datalayer-threads" in (build_stamp() or "")
+
+
 def gpu_count() -> int:
     """GPUs the driver reports; 0 where nvidia-smi is missing or sees none."""
     smi = shutil.which("nvidia-smi")
@@ -154,18 +207,30 @@ def doctor() -> list[Check]:
         checks.append(Check("caffe --version", False, str(e), INSTALL_HINT))
     try:
         caffe = pycaffe()
-        gpu_build = cuda_build()
         checks.append(Check("pycaffe", True, f"caffe {caffe.__version__} from {Path(caffe.__file__).parent}"))
+    except CaffeTransferError as e:  # optional: transplant takes the caffe tool's route without it
+        checks.append(Check("pycaffe", True, f"not importable ({e})", "optional: " + INSTALL_HINT +
+                            " for this Python (PYTHON=...)"))
+    try:
+        checks.append(Check("transplant", True, fill_route()[1]))
     except CaffeTransferError as e:
-        gpu_build = False
-        checks.append(Check("pycaffe", False, str(e), INSTALL_HINT + " for this Python (PYTHON=...)"))
+        checks.append(Check("transplant", False, str(e), f"unset {FILL} to take the route that works here"))
     import google.protobuf
     import numpy
 
     checks.append(Check("python", True, f"{sys.executable} {sys.version.split()[0]}, numpy {numpy.__version__}, "
                                         f"protobuf {google.protobuf.__version__}"))
+    try:
+        threads = data_threads()
+        detail = f"{threads} transform thread(s) per TRAIN net" + (" (stock loop)" if threads == 0 else "")
+        checks.append(Check("DataLayer", datalayer_patched(),
+                            f"parallel transform, the same batches as stock Caffe: {detail}" if datalayer_patched()
+                            else "stock DataLayer (one thread): this build predates the DataLayer patch",
+                            "" if datalayer_patched() else "rebuild: tools/install_caffe.sh"))
+    except CaffeTransferError as e:
+        checks.append(Check("DataLayer", False, str(e), "unset CAFFE_DATA_THREADS, or set 0 to 64"))
     gpus = gpu_count()
-    if gpu_build:  # no GPU is the machine's state, not a gap in the install (a docker build sees none)
+    if cuda_build():  # no GPU is the machine's state, not a gap in the install (a docker build sees none)
         checks.append(Check("mode", True, f"CUDA build, {gpus} GPU(s) visible",
                             "" if gpus else "no GPU visible: check the driver (docker run --gpus all); a CUDA "
                                             "build cannot train without a GPU, even with --cpu (its data "

@@ -37,8 +37,10 @@ class Prepared:
 def prepare(train_dir: str | Path, val_dir: str | Path, data_root: str | Path, datasets: list[str],
             options: BuildOptions = BuildOptions(), val_labels: str | Path | None = None,
             devkit: str | Path | None = None, val_solution: str | Path | None = None, force: bool = False,
-            progress: bool = True, say: Callable[[str], None] = lambda line: None) -> Prepared:
-    """Lists, splits and the LMDBs of `datasets` (names as `half0A_train`, `whole_valid`)."""
+            progress: bool = True, say: Callable[[str], None] = lambda line: None,
+            num_classes: int | None = None) -> Prepared:
+    """Lists, splits and the LMDBs of `datasets` (names as `half0A_train`, `whole_valid`); a
+    tree of other than ImageNet's 1000 classes needs `num_classes` (see splits.class_count)."""
     data_root = Path(data_root)
     bad = [d for d in datasets if d.rpartition("_")[2] not in SUBSET_ROOTS]
     if bad:
@@ -46,9 +48,10 @@ def prepare(train_dir: str | Path, val_dir: str | Path, data_root: str | Path, d
     lists = write_whole_lists(train_dir, val_dir, data_root / "lists", val_labels, devkit, val_solution)
     notes: list[str] = []
     for subset, whole in zip(SUBSET_ROOTS, lists):
-        result = write_splits(whole, subset, data_root)
+        result = write_splits(whole, subset, data_root, num_classes=num_classes)
         notes += [f"{whole.name}: {note}" for note in result.notes]
-        write_splits(whole, subset, data_root, custom={"whole": list(range(result.num_classes))}, reduced=())
+        write_splits(whole, subset, data_root, custom={"whole": list(range(result.num_classes))},
+                     num_classes=result.num_classes, reduced=())
     missing = [d for d in datasets if not (data_root / d / "files.txt").is_file()]
     if missing:
         raise CaffeTransferError(f"no list for dataset {missing[0]} under {data_root}"

@@ -9,6 +9,7 @@ man-made "A".
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,14 +60,20 @@ def half_classes(split: str, half: str) -> list[int]:
 # The authors' list layout: DIR/<dataset>/files.txt (`PATH NEWLABEL` per line, in the order of the
 # whole list, labels renumbered 0..K-1 by ascending original class) and DIR/<dataset>/idxmap.txt.
 SUBSETS = ("train", "valid")
+IDXMAP = "idxmap.txt"
 IDXMAP_HEADER = "# Orig_idx new_idx\n"
+# A path in an ImageNet synset folder (n01440764/n01440764_10026.JPEG): a list of ImageNet.
+SYNSET_PATH = re.compile(r"(?:^|/)n[0-9]{8}/[^/]+$")
 
 
-def read_list(path: str | Path) -> list[tuple[str, int]]:
-    """A list file: one `PATH LABEL` per line (the path may contain spaces)."""
+def read_list(path: str | Path, num_classes: int | None = None) -> list[tuple[str, int]]:
+    """A list file: one `PATH LABEL` per line (the path may contain spaces), every label a class
+    index 0..K-1 (K = `num_classes` where known): the one check of labels, since Caffe's loss
+    layers abort, hours into training, on a label outside the net's classes."""
     path = Path(path)
     if not path.is_file():
         raise CaffeTransferError(f"list file {path} does not exist")
+    classes = f"0..{num_classes - 1} (of its {num_classes} classes)" if num_classes else "0 or more"
     entries = []
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
@@ -74,10 +81,20 @@ def read_list(path: str | Path) -> list[tuple[str, int]]:
         name, _, label = line.rstrip().rpartition(" ")
         if not name or not label.lstrip("-").isdigit():
             raise CaffeTransferError(f"{path}:{number}: {line!r} is not `PATH LABEL`")
+        if int(label) < 0 or (num_classes and int(label) >= num_classes):
+            raise CaffeTransferError(f"{path}:{number}: label {label}: expected a class index {classes}")
         entries.append((name, int(label)))
     if not entries:
         raise CaffeTransferError(f"list file {path} is empty: expected `PATH LABEL` lines")
     return entries
+
+
+def listed_classes(list_file: str | Path) -> int | None:
+    """K of a list in the authors' layout: the rows of the idxmap.txt beside it; None without one."""
+    idxmap = Path(list_file).parent / IDXMAP
+    if not idxmap.is_file():
+        return None
+    return sum(1 for line in idxmap.read_text().splitlines() if line.strip() and not line.startswith("#"))
 
 
 def subset_lists(entries: list[tuple[str, int]], classes: list[int]) -> tuple[str, str]:
@@ -116,7 +133,8 @@ class Splits:
 
 def class_count(whole_list: str | Path, entries: list[tuple[str, int]], num_classes: int | None) -> tuple[int, str]:
     """The classes of a whole list, checked: each path once, labels 0..K-1 each with images, K
-    equal to `num_classes` where given; and a note when K was inferred."""
+    equal to `num_classes` where given, else ImageNet's 1000 for a list of ImageNet's synset
+    folders; and a note when K was inferred."""
     first: dict[str, int] = {}
     for name, label in entries:
         if name in first:
@@ -124,9 +142,12 @@ def class_count(whole_list: str | Path, entries: list[tuple[str, int]], num_clas
                                      "each image once")
         first[name] = label
     labels = sorted(set(first.values()))
-    if labels[0] < 0:
-        raise CaffeTransferError(f"{whole_list}: label {labels[0]} is negative: expected 0..K-1")
     k = labels[-1] + 1 if num_classes is None else num_classes
+    if num_classes is None and k != IMAGENET_CLASSES and all(SYNSET_PATH.search(name) for name in first):
+        raise CaffeTransferError(
+            f"{whole_list}: its paths are ImageNet's (in nXXXXXXXX/ synset folders) but its labels give {k} classes, "
+            f"not ImageNet's {IMAGENET_CLASSES}, on which the paper's splits are defined: a class folder is missing "
+            f"from the tree, or give --num-classes {k} if {k} is meant")
     if num_classes is not None and (labels[-1] >= k or len(labels) != k):
         raise CaffeTransferError(f"{whole_list} has {len(labels)} classes (labels {labels[0]}..{labels[-1]}), not "
                                  f"--num-classes {k}: give --num-classes {len(labels)}, or leave it out to infer it")
@@ -178,7 +199,7 @@ def write_splits(whole_list: str | Path, subset: str, out_dir: str | Path,
             folder = out_dir / name
             folder.mkdir(parents=True, exist_ok=True)
             write_atomic(folder / "files.txt", files)
-            write_atomic(folder / "idxmap.txt", idxmap)
+            write_atomic(folder / IDXMAP, idxmap)
             written.append(folder)
     except OSError as e:
         raise CaffeTransferError(f"cannot write lists under {out_dir}: {e.strerror or e}") from None
@@ -219,9 +240,9 @@ def check_lists(directory: str | Path) -> list[str]:
     for folder in folders:
         entries = read_list(folder / "files.txt")
         labels = {label for _, label in entries}
-        idxmap = folder / "idxmap.txt"
+        idxmap = folder / IDXMAP
         if not idxmap.is_file():
-            problems.append(f"{folder.name}: no idxmap.txt")
+            problems.append(f"{folder.name}: no {IDXMAP}")
             continue
         pairs = [tuple(map(int, line.split())) for line in idxmap.read_text().splitlines()
                  if line.strip() and not line.startswith("#")]

@@ -15,11 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence, TypeVar
 
+from caffe_transfer.common.caffe_env import DATA_THREADS_AUTO, DATA_THREADS_ENV, DATA_THREADS_MAX
 from caffe_transfer.common.errors import CaffeTransferError
 
 T = TypeVar("T")
-DATA_THREADS_ENV = "CAFFE_DATA_THREADS"
-DEFAULT_DATA_THREADS = 4  # the patched DataLayer's automatic choice at most
 
 
 @dataclass(frozen=True)
@@ -27,13 +26,14 @@ class Packing:
     """How a plan's GPUs are shared: runs at once per GPU, and DataLayer threads per run."""
 
     nets_per_gpu: int = 1
-    data_threads: int = DEFAULT_DATA_THREADS
+    data_threads: int = DATA_THREADS_AUTO
 
     def __post_init__(self) -> None:
         if self.nets_per_gpu < 1:
             raise CaffeTransferError(f"nets per GPU {self.nets_per_gpu}: expected 1 or more")
-        if self.data_threads < 0:
-            raise CaffeTransferError(f"data threads {self.data_threads}: expected 0 (stock Caffe) or more")
+        if not 0 <= self.data_threads <= DATA_THREADS_MAX:
+            raise CaffeTransferError(
+                f"data threads {self.data_threads}: expected 0 (stock Caffe) to {DATA_THREADS_MAX}")
 
     def task_cpus(self, gpu: bool) -> int:
         """CPUs one GPU's runs need together: each run its data threads and its prefetch thread

@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 from pathlib import Path
 
-from tqdm import tqdm
-
 from caffe_transfer.common.errors import CaffeTransferError
+from caffe_transfer.common.progress import progress as progress_bar
 from caffe_transfer.grid.packing import Packing, device_slots
 from caffe_transfer.grid.plan import plan_runs, priority_order, read_packing, read_plan
 from caffe_transfer.runs.folder import SIGNALS, Run, State
@@ -120,7 +119,7 @@ def run_grid(run_dirs: list[str | Path], workers: int = 1, gpus: list[int] | Non
     pending = priority_order(runs, name=attrgetter("dir"), base=lambda r: after[r.dir])
     result = GridResult()
     total = sum(r.max_iter for r in runs)
-    bar = tqdm(total=total, unit="it", desc="grid", disable=not progress, dynamic_ncols=True, smoothing=0.02)
+    bar = progress_bar(total, "grid", enabled=progress, smoothing=0.02)
     live = _Live()
     saved = {}
     if threading.current_thread() is threading.main_thread():

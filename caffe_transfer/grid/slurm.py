@@ -75,12 +75,13 @@ def write_slurm(plan_dir: str | Path, runs: list[PlanRun], gpu: bool, cpus: int 
     cpus = cpus or packing.task_cpus(gpu)
     common = {"version": __version__, "plan_dir": plan_dir, "logs": folder / "logs", "gpu": gpu, "cpus": cpus,
               "grace": grace, "sbatch_args": sbatch_args, "trainer": trainer(), "stopped_exit": STOPPED_EXIT,
-              "killed_by": KILLED_STATUSES,
-              "blas_threads": packing.blas_threads(gpu, cpus, per_task), "environment": packing.environment(gpu, cpus, per_task)}
+              "killed_by": KILLED_STATUSES, "blas_threads": packing.blas_threads(gpu, cpus, per_task),
+              "environment": packing.environment(gpu, cpus, per_task)}
     arrays = job_arrays(runs, per_task)
     scripts = {}
     for a in arrays:
-        name, description = (f"ct-{a.base}", f"transfers from {a.base}") if a.base else ("ct-first", "runs without a base")
+        name, description = ((f"ct-{a.base}", f"transfers from {a.base}") if a.base
+                             else ("ct-first", "runs without a base"))
         scripts[a.script] = array.render(name=name, tasks=a.tasks, description=description, **common)
     scripts["submit.sh"] = env.get_template("submit.sh.j2").render(first=arrays[0], groups=arrays[1:], **common)
     (folder / "logs").mkdir(parents=True, exist_ok=True)  # once every script rendered (see common.shell)

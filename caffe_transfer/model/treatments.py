@@ -168,20 +168,20 @@ def _split_word(split: str | None) -> str:
 
 def _validate(t: Treatment) -> None:
     k = t.kind
-    needs_split = k in (Kind.BASE, Kind.TRANSFER)
+    takes_split = k in (Kind.BASE, Kind.TRANSFER)
     needs_n = k in (Kind.TRANSFER, Kind.RANDOM)
     label = t.kind.value
-    if needs_split and t.split not in SPLIT_IDS:
+    if takes_split and t.split not in SPLIT_IDS:
         raise CaffeTransferError(
             f"{label} needs a split: got {t.split!r}, expected one of {', '.join(SPLIT_IDS)}")
-    if not needs_split and t.split is not None:
+    if not takes_split and t.split is not None:
         raise CaffeTransferError(f"{label} trains on all 1000 classes: it takes no split (got {t.split!r})")
     if needs_n and (t.n is None or not 1 <= t.n <= N_TRANSFERABLE):
         raise CaffeTransferError(
             f"{label} needs n in 1..{N_TRANSFERABLE} (conv1..fc7): got {t.n!r}")
     if not needs_n and t.n is not None:
         raise CaffeTransferError(f"{label} takes no n (got {t.n})")
-    if needs_split and t.half not in HALVES:
+    if takes_split and t.half not in HALVES:
         raise CaffeTransferError(f"{label} needs a half A or B: got {t.half!r}")
     if k is Kind.TRANSFER:
         if t.source not in HALVES:
@@ -212,6 +212,8 @@ _FOLDER_PATTERNS = [
     (re.compile(r"reduced-(?P<per_class>\d+)"), Kind.REDUCED),
 ]
 _NOTATION = re.compile(r"(?P<source>[AB])(?P<n>n|[1-7])(?P<half>[AB])(?P<ft>\+)?")
+_BASE = re.compile(r"base(?P<half>[AB])")
+FIRST_SPLIT = SPLIT_IDS[0]  # the paper's first random split: what a short name means without --split
 
 VALID_NAMES = (
     "paper notation: baseA, baseB, AnB, BnA, AnA, BnB (and the fine-tuned AnB+, BnB+, ...) with "
@@ -236,7 +238,7 @@ def parse(text: str, n: int | None = None, split: str | int | None = None) -> Tr
             return Treatment(kind, split=g.get("split"), half=g.get("half"), source=g.get("source"),
                              n=int(g["n"]) if g.get("n") else None, fine_tune=bool(g.get("ft")),
                              per_class=int(g["per_class"]) if g.get("per_class") else None)
-    m = re.fullmatch(r"base(?P<half>[AB])", text)
+    m = _BASE.fullmatch(text)
     if m:
         return Treatment(Kind.BASE, split=split, half=m["half"], n=n)
     m = _NOTATION.fullmatch(text)
@@ -255,6 +257,13 @@ def parse(text: str, n: int | None = None, split: str | int | None = None) -> Tr
     if m:
         return Treatment(Kind.REDUCED, per_class=int(m[1]), n=n, split=split)
     raise CaffeTransferError(f"unknown treatment {text!r}: expected {VALID_NAMES}")
+
+
+def needs_split(text: str) -> bool:
+    """Whether a name leaves its split to --split: a base or a transfer in the paper's notation
+    (an authors' folder name says its own; random, full and reduced nets have none)."""
+    text = text.strip()
+    return bool(_BASE.fullmatch(text) or _NOTATION.fullmatch(text))
 
 
 def _no_extra(text: str, n: int | None, split: str | None) -> None:

@@ -25,10 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from tqdm import tqdm
-
-from caffe_transfer.common.caffe_env import cuda_build, tool
+from caffe_transfer.common.caffe_env import cuda_build, data_threads, tool
 from caffe_transfer.common.errors import CaffeTransferError
+from caffe_transfer.common.progress import progress as progress_bar
 from caffe_transfer.model.treatments import Kind
 from caffe_transfer.runs import logs
 from caffe_transfer.runs.folder import INIT, KILLED_BY, SESSION, SIGNALS, Run, State
@@ -113,6 +112,7 @@ def train(run_dir: str | Path, gpu: int | None = None, progress: bool = True, th
     CAFFE_DATA_THREADS); `on_iteration` receives the iterations done
     (first those done before this session); `on_start`/`on_end` see the Caffe process (a scheduler
     uses them to stop many runs at once); `on_note` gets what the user should know before it starts."""
+    data_threads()  # a bad CAFFE_DATA_THREADS is refused here, not by Caffe mid-queue
     run = Run.load(run_dir)
     count = on_iteration or (lambda delta: None)
     with run.lock(BY) as lock:
@@ -185,8 +185,7 @@ def _follow(run: Run, proc: subprocess.Popen, log, iteration: int, progress: boo
             count: Callable[[int], object]) -> _Session:
     """Copy Caffe's output to the log and drive the progress bar and `count`."""
     session = _Session(iteration)
-    bar = tqdm(total=run.max_iter, initial=iteration, desc=run.name, unit="it", disable=not progress,
-               dynamic_ncols=True, smoothing=0.05)
+    bar = progress_bar(run.max_iter, run.name, initial=iteration, enabled=progress)
     postfix: dict[str, str] = {}
     for line in proc.stdout:
         log.write(line)

@@ -1,9 +1,10 @@
-"""Weight transplant by pycaffe net surgery: a transfer net's initial weights from its base.
+"""Weight transplant by net surgery: a transfer net's initial weights from its base.
 
 The target net is built from the run's `deploy.prototxt` (the same weight layers as its train
 net, without the data layers, so no LMDB is needed), with Caffe's own filler initialisation under
-a recorded seed. For each weight layer the treatment model says whether it is copied, and from
-which base layer; those blobs are copied through `net.params`, the rest keep their filler values.
+a recorded seed, by pycaffe or, where it does not import, by the `caffe` tool (`fill.py`: the same
+file either way). For each weight layer the treatment model says whether it is copied, and from
+which base layer; those blobs are copied into the net, the rest keep their filler values.
 Every base layer is checked (present, same shape) before anything is written, because Caffe's own
 `CopyTrainedLayersFrom` aborts the process on a shape mismatch and silently skips a missing name.
 The saved file is reloaded and the copied blobs compared bit for bit with the base.
@@ -21,9 +22,10 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from caffe_transfer.common.atomic import write_atomic
-from caffe_transfer.common.caffe_env import caffe_pb2, pycaffe
+from caffe_transfer.common.caffe_env import caffe_pb2
 from caffe_transfer.common.errors import CaffeTransferError
 from caffe_transfer.model.treatments import Kind
+from caffe_transfer.runs.fill import Blobs, blob_array, filled
 from caffe_transfer.runs.folder import RECORD, Run
 
 DEPLOY = "deploy.prototxt"
@@ -50,14 +52,7 @@ def _parse_caffemodel(data: bytes, path: Path) -> dict[str, list[np.ndarray]]:
     layers = {layer.name: list(layer.blobs) for layer in [*net.layer, *net.layers] if layer.blobs}
     if not layers:
         raise CaffeTransferError(f"{path} is not a .caffemodel: it holds no layer with weights")
-    return {name: [_array(b) for b in blobs] for name, blobs in layers.items()}
-
-
-def _array(blob) -> np.ndarray:
-    shape = tuple(blob.shape.dim) if blob.HasField("shape") else (
-        blob.num, blob.channels, blob.height, blob.width)
-    values = blob.data if len(blob.data) else blob.double_data
-    return np.asarray(values, dtype=np.float32).reshape(shape)
+    return {name: [blob_array(b) for b in blobs] for name, blobs in layers.items()}
 
 
 def _fits(source: tuple, target: tuple) -> bool:
@@ -124,21 +119,16 @@ def make_init(run: Run, base: str | Path | None, out: Path, seed: int | None) ->
     base_blobs = _parse_caffemodel(raw, base_path) if base_path else {}
     seed = default_seed(run) if seed is None else seed
 
-    caffe = pycaffe()
-    caffe.set_mode_cpu()
-    caffe.set_random_seed(seed)
-    net = caffe.Net(str(run.dir / DEPLOY), caffe.TEST)
-    copies = _plan_copies(run, net, base_blobs, base_path)
+    net = filled(run.dir / DEPLOY, seed)
+    copies = _plan_copies(run, net.params, base_blobs, base_path)
     for name, blobs in copies.items():
-        for target, source in zip(net.params[name], blobs):
-            target.data[...] = source.reshape(target.data.shape)
-    layers = _describe(run, net, base_path)
+        net.put(name, blobs)
+    layers = _describe(run, net.params, base_path)
 
     record = {
         "run": run.name, "treatment": t.notation, "family": t.family,
         "fingerprint": str(run.fingerprint),  # of the folder this init was made for (run.sh greps this line)
-        "init": str(out), "seed": seed, "seed_note": "caffe.set_random_seed before building the "
-        "deploy net: the filler values of every layer not copied",
+        "init": str(out), "seed": seed, "seed_note": net.seed_note, "filled_by": net.route,
         "base": str(base_path) if base_path else None, "base_chosen": base is not None,
         "base_sha256": hashlib.sha256(raw).hexdigest() if base_path else None,
         "layers": layers,
@@ -146,8 +136,7 @@ def make_init(run: Run, base: str | Path | None, out: Path, seed: int | None) ->
     record_path = run.dir / RECORD if out == run.init_weights else out.with_name(f"{out.name}.json")
     tmp = out.with_name(f".{out.name}.tmp")
     try:
-        net.save(str(tmp))
-        _check_reload(run, tmp, copies, net)
+        _check_reload(tmp, net.save(tmp), copies, net.params)
         # the record first: training takes an existing init as done, so it must never lack one
         write_atomic(record_path, json.dumps(record, indent=2) + "\n")
         tmp.replace(out)
@@ -156,7 +145,7 @@ def make_init(run: Run, base: str | Path | None, out: Path, seed: int | None) ->
     return Transplant(out, record_path, layers, seed)
 
 
-def _plan_copies(run: Run, net, base_blobs: dict, base_path: Path | None) -> dict[str, list[np.ndarray]]:
+def _plan_copies(run: Run, params: Blobs, base_blobs: dict, base_path: Path | None) -> Blobs:
     """Net layer name -> base blobs to copy, each checked against the net's shape."""
     copies = {}
     for role in run.roles():
@@ -165,40 +154,36 @@ def _plan_copies(run: Run, net, base_blobs: dict, base_path: Path | None) -> dic
         if role.layer not in base_blobs:
             raise CaffeTransferError(
                 f"base {base_path} has no layer {role.layer!r} (it has {', '.join(base_blobs)})")
-        source, target = base_blobs[role.layer], net.params[role.name]
+        source, target = base_blobs[role.layer], params[role.name]
         if len(source) != len(target):
             raise CaffeTransferError(
                 f"layer {role.layer!r}: base {base_path} has {len(source)} blobs, the net needs {len(target)}")
         for i, (s, b) in enumerate(zip(source, target)):
-            if not _fits(s.shape, b.data.shape):
+            if not _fits(s.shape, b.shape):
                 raise CaffeTransferError(
                     f"layer {role.layer!r} blob {i}: base {base_path} has shape {list(s.shape)}, "
-                    f"the net needs {list(b.data.shape)}")
+                    f"the net needs {list(b.shape)}")
         copies[role.name] = source
     return copies
 
 
-def _describe(run: Run, net, base_path: Path | None) -> list[dict]:
+def _describe(run: Run, params: Blobs, base_path: Path | None) -> list[dict]:
     layers = []
     for role in run.roles():
         entry = {"layer": role.name, "action": "copied" if role.copied_from else "filler",
                  "frozen": role.frozen}
         if role.copied_from:
             entry.update(from_run=role.copied_from, from_layer=role.layer, from_file=str(base_path))
-        entry["blobs"] = [{"shape": list(b.data.shape), "sha256": checksum(b.data)}
-                          for b in net.params[role.name]]
+        entry["blobs"] = [{"shape": list(b.shape), "sha256": checksum(b)} for b in params[role.name]]
         layers.append(entry)
     return layers
 
 
-def _check_reload(run: Run, saved: Path, copies: dict, built) -> None:
-    """Reload the saved weights with Caffe and compare every blob bit for bit: copied ones with
+def _check_reload(saved: Path, reloaded: Blobs, copies: Blobs, fillers: Blobs) -> None:
+    """Compare every blob Caffe reloaded from the saved weights bit for bit: copied ones with
     the base, the others with the filler values that were saved."""
-    caffe = pycaffe()
-    net = caffe.Net(str(run.dir / DEPLOY), caffe.TEST, weights=str(saved))
-    for name, blobs in net.params.items():
-        expected = [s.reshape(b.data.shape) for s, b in zip(copies[name], blobs)] if name in copies \
-            else [b.data for b in built.params[name]]
+    for name, blobs in reloaded.items():
+        expected = [s.reshape(b.shape) for s, b in zip(copies[name], blobs)] if name in copies else fillers[name]
         for i, (b, e) in enumerate(zip(blobs, expected)):
-            if not _identical(b.data, e):
+            if not _identical(b, e):
                 raise CaffeTransferError(f"layer {name!r} blob {i} differs after saving and reloading {saved}")

@@ -23,13 +23,14 @@ import numpy as np
 
 from caffe_transfer.common.caffe_env import caffe_pb2
 from caffe_transfer.common.errors import CaffeTransferError
+from caffe_transfer.common.progress import progress as progress_bar
 from caffe_transfer.data.lmdb import space
 from caffe_transfer.data.lmdb.datum import Slots
 from caffe_transfer.data.lmdb.decode import BuildOptions, Item, keep_freed_heap
 from caffe_transfer.data.lmdb.target import Target, settings
 from caffe_transfer.data.lmdb.workers import AHEAD_MIN, CHUNK, Workers
 from caffe_transfer.data.lmdb.writer import BATCH, first_written, write
-from caffe_transfer.data.splits import read_list
+from caffe_transfer.data.splits import listed_classes, read_list
 
 
 @dataclass
@@ -182,7 +183,7 @@ def _full(folder: Path) -> bool:
 
 
 def _target(dataset: Dataset, options: BuildOptions) -> Target:
-    entries = read_list(dataset.list_file)
+    entries = read_list(dataset.list_file, listed_classes(dataset.list_file))
     return Target(dataset.list_file, Path(dataset.out_dir), entries, settings(dataset.list_file, entries, options))
 
 
@@ -196,11 +197,9 @@ def _run(todo: list[tuple[Path, list[Target]]], options: BuildOptions, force: bo
     unions = [Union(targets, options) for _, targets in todo]
     bar = None
     if progress and todo:
-        from tqdm import tqdm
-
         names = [t.out_dir.name for _, targets in todo for t in targets]
-        bar = tqdm(total=sum(len(u) for u in unions), unit="img", smoothing=0.05,
-                   desc=names[0] if len(names) == 1 else f"{len(names)} datasets")
+        bar = progress_bar(sum(len(u) for u in unions), names[0] if len(names) == 1 else f"{len(names)} datasets",
+                           unit="img")
     try:
         empty = []
         for (root, targets), union in zip(todo, unions):

@@ -1,0 +1,141 @@
+"""The GPU check's judgement of its figures: which nets the DataLayer limits, how many nets per
+GPU to run, what the grid costs at the measured rates, the issues' goals; and the two files it
+writes: gpu_check.json (the rates `plan --rates` reads, schema caffe-transfer/gpu-check/1) and
+the one-screen summary. tools/gpu_check.py measures; this module only reads its figures.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from caffe_transfer.grid import plan
+from caffe_transfer.model.treatments import Kind, Treatment, parse
+
+SCHEMA = "caffe-transfer/gpu-check/1"
+PACKED = {"base": "half0A", "frozen": "transfer0A0B_1_1"}  # the frozen net least bound by its data: the cautious ratio
+PLURAL = {"base": "bases", "frozen": "frozen transfers"}
+PACKINGS = (1, 2, 4)
+LIMIT_MARGIN = 0.10  # the DataLayer limits a net when training through it is more than 10% slower (#30's goal)
+PACK_MARGIN = 0.15   # k packed nets reach the compute limit when their aggregate is within 15% of it (#24's goal)
+GRID_GOAL_HOURS = 900
+
+
+def price_kind(t: Treatment) -> tuple[str, int | None]:
+    """The rate a net is priced at: transfers (selffers too) by frozen or fine-tuned and n; the
+    random-frozen nets as frozen; every other net as a base."""
+    if t.kind is Kind.TRANSFER:
+        return ("finetuned" if t.fine_tune else "frozen"), t.n
+    if t.kind is Kind.RANDOM:
+        return "frozen", t.n
+    return "base", None
+
+
+def limited_by(x: dict) -> float | None:
+    """How many times slower a net trains through the DataLayer than from memory, where that is
+    more than LIMIT_MARGIN: like against like, the same net fed both ways."""
+    ratio = x["datalayer_ms"] / x["memory_ms"]
+    return ratio if ratio > 1 + LIMIT_MARGIN else None
+
+
+def recommend(rates: list[dict], packing: list[dict], memory_mib: int | None) -> tuple[int, str]:
+    """Nets per GPU: the smallest measured k at which every packed kind's aggregate ms per
+    iteration is within PACK_MARGIN of its compute limit (the same net alone, fed from memory);
+    where none is, the k with the lowest aggregate relative to that limit, summed over the kinds.
+    Only k whose nets fit into the GPU's memory (where known) are candidates."""
+    alone = {kind: next(r for r in rates if r["net"] == net) for kind, net in PACKED.items()}
+    fits = {k for k in PACKINGS if not memory_mib or k * max(a["gpu_mib"] or 0 for a in alone.values()) <= memory_mib}
+    ratio = {k: {p["kind"]: p["aggregate_ms"] / alone[p["kind"]]["memory_ms"] for p in packing if p["nets"] == k}
+             for k in fits}
+    reached = [k for k in sorted(ratio) if max(ratio[k].values()) <= 1 + PACK_MARGIN]
+    if reached:
+        return reached[0], f"the fewest nets within {PACK_MARGIN:.0%} of the compute limit"
+    best = min(ratio, key=lambda k: sum(ratio[k].values()))
+    return best, f"none within {PACK_MARGIN:.0%} of the compute limit: the lowest measured aggregate"
+
+
+def price(rates: list[dict], packing: list[dict], nets_per_gpu: int) -> float:
+    """The grid's GPU-hours at `nets_per_gpu`: each net's iterations (the package's solver values)
+    at its kind's rate through the DataLayer (linear in n between the measured n, clamped), times
+    the packed aggregate over the alone one. The schema's pricing rule; once `plan --rates`
+    (caffe_transfer/grid/rates.py) is merged, that is its one owner and this calls it."""
+    packed = {(p["kind"], p["nets"]): p["aggregate_ms"] for p in packing}
+    seconds = 0.0
+    for run in plan.plan_runs(plan.select()):
+        kind, n = price_kind(parse(run.name))
+        points = sorted((r["n"] or 0, r["datalayer_ms"]) for r in rates if r["kind"] == kind)
+        ms = float(np.interp(n or 0, [p[0] for p in points], [p[1] for p in points]))
+        shared = "frozen" if kind == "frozen" else "base"
+        seconds += run.max_iter * ms / 1000 * packed[shared, nets_per_gpu] / packed[shared, 1]
+    return seconds / 3600
+
+
+def grid_price(rates: list[dict], packing: list[dict], nets_per_gpu: int) -> dict:
+    return {"nets": len(plan.select()), "one_net_gpu_hours": price(rates, packing, 1),
+            "recommended_gpu_hours": price(rates, packing, nets_per_gpu)}
+
+
+def rates_json(r: dict) -> dict:
+    """The agreed file `plan --rates` reads: the schema's keys and nothing else."""
+    keys = ("kind", "n", "datalayer_ms", "memory_ms", "gpu_mib")
+    return {"schema": SCHEMA, "architecture": r["arch"], "batch_size": r["batch_size"], "device": r["device"],
+            "data_threads": r["data_threads"], "rates": [{k: x[k] for k in keys} for x in r["rates"]],
+            "datalayer_alone_ms": r["datalayer_alone_ms"],
+            "packing": r["packing"], "recommended_nets_per_gpu": r["recommended_nets_per_gpu"]}
+
+
+def goals(r: dict) -> dict:
+    """The issues' goals, read from the figures (None where a figure is missing)."""
+    ms = {t["engine"]: t["iteration_ms"] for t in r["time"]}
+    torch_ms = r["torch"].get("iteration_ms") if isinstance(r["torch"], dict) else None
+    speedup = ms["caffe"] / ms["cudnn"] if ms.get("caffe") and ms.get("cudnn") else None
+    vs_torch = ms["cudnn"] / torch_ms if ms.get("cudnn") and torch_ms else None
+    alone = r["datalayer_alone_ms"]
+    threads = str(r["data_threads"])
+    near = {x["net"]: limited_by(x) is None for x in r["rates"] if x["kind"] in ("base", "frozen")}
+    return {"cudnn_speedup_at_least_2.5": speedup >= 2.5 if speedup else None,
+            "within_2x_of_torch": vs_torch <= 2 if vs_torch else None,
+            "grid_at_most_900_gpu_hours": r["price"]["recommended_gpu_hours"] <= GRID_GOAL_HOURS,
+            "datalayer_alone_4x_stock": alone["0"] / alone[threads] >= 4 if threads != "0" else None,
+            "base_and_frozen_within_10%_of_memory": all(near.values()), "per_net": near}
+
+
+def summary(r: dict) -> str:
+    d, alone = r["device"], r["datalayer_alone_ms"]
+    lines = [f"gpu_check{' (dry run, CPU, small net: CPU figures)' if r['dry_run'] else ''}: {d['name']}, "
+             f"driver {d['driver']}, CUDA {d['cuda']}, cuDNN {d['cudnn'] or 'none'}, {d['memory_mib'] or '-'} MiB",
+             f"  caffe: {r['caffe_build']}; build {r['build_seconds'] or '-'} s; {r['arch']} batch {r['batch_size']}; "
+             f"CAFFE_DATA_THREADS={r['data_threads']}" + ("" if r["data_threads"] else " (no DataLayer patch)")]
+    for x in r["time"]:
+        lines.append(f"  caffe time ({x['engine']}): forward {x['forward_ms']} ms, backward {x['backward_ms']} ms, "
+                     f"iteration {x['iteration_ms']} ms")
+    lines.append("  DataLayer alone: " + ", ".join(f"{ms:.1f} ms/batch at {t} threads" for t, ms in alone.items()))
+    lines.append(f"  {'net (alone)':22} {'kind':14} {'DataLayer':>9} {'memory':>7} {'MiB':>6}  ms/iteration; verdict "
+                 f"(margin {LIMIT_MARGIN:.0%}); loss")
+    for x in r["rates"]:
+        by = limited_by(x)
+        verdict = f"DataLayer limits this net by {by:.2f}x" if by else "DataLayer not limiting"
+        kind = x["kind"] + (f" n={x['n']}" if x["n"] else "")
+        frozen = f"; frozen bit-identical: {all(x['frozen_identical'].values())}" if x["frozen_identical"] else ""
+        lines.append(f"  {x['net']:22} {kind:14} {x['datalayer_ms']:9.1f} {x['memory_ms']:7.1f} "
+                     f"{x['gpu_mib'] or '-':>6}  {verdict}; {x['loss_first']} -> {x['loss_last']}{frozen}")
+    lines.append(f"  transfers seeded by {', '.join(sorted({x['init'] for x in r['rates'] if x['kind'] != 'base'}))}")
+    for kind in PACKED:
+        lines.append(f"  packed {PLURAL[kind]}, ms/iteration in aggregate: " + ", ".join(
+            f"{p['nets']} net{'s' if p['nets'] > 1 else ''} {p['aggregate_ms']:.1f}" for p in r["packing"]
+            if p["kind"] == kind))
+    p = r["price"]
+    lines.append(f"  nets per GPU: {r['recommended_nets_per_gpu']} ({r['recommendation']})")
+    lines.append(f"  the grid, {p['nets']} nets: {p['one_net_gpu_hours']:,.0f} GPU-hours at one net per GPU, "
+                 f"{p['recommended_gpu_hours']:,.0f} at {r['recommended_nets_per_gpu']} per GPU")
+    for a in r["agree"] if isinstance(r["agree"], list) else []:
+        lines.append(f"  GPU vs CPU ({a['engine']}): loss {a['loss_gpu']} vs {a['loss_cpu']}, step agrees within "
+                     f"{a['max_weight_diff_of_step']:.2e} of its size (tolerance {a['tolerance']}): {a['agree']}")
+    if isinstance(r["agree"], str):
+        lines.append(f"  GPU vs CPU: {r['agree']}")
+    lines.append(f"  torch CaffeNet: {r['torch'] if isinstance(r['torch'], str) else json.dumps(r['torch'])}")
+    g = {k: v for k, v in r["goals"].items() if k != "per_net"}
+    lines.append(f"  goals{' (of CPU figures: they mean nothing here)' if r['dry_run'] else ''}: "
+                 + ", ".join(f"{k} {'-' if v is None else v}" for k, v in g.items()))
+    return "\n".join(lines)
