@@ -154,7 +154,7 @@ def cudnn_version() -> str | None:
     return found.group(1) if found else None
 
 
-DATA_THREADS_ENV = "CAFFE_DATA_THREADS"
+DATA_THREADS_ENV = "CAFFE_DATA_THREADS"  # what the scheduler and SLURM tasks set for a GPU run
 DATA_THREADS_MAX = 64  # the patched DataLayer's own limit
 DATA_THREADS_AUTO = 4  # its automatic count at most
 
@@ -164,7 +164,7 @@ def data_threads() -> int:
     CAFFE_DATA_THREADS (tools/caffe_fixes/parallel_data_layer.patch): 0 is stock Caffe's loop; unset
     is automatic, the CPUs this process may use, at most 4. A bad value is refused here, on one line,
     rather than by a Caffe that stops on it hours later in a queue."""
-    text = os.environ.get(DATA_THREADS_ENV)
+    text = os.environ.get("CAFFE_DATA_THREADS")  # DATA_THREADS_ENV, spelled out where it is read
     if text is None:
         return max(1, min(DATA_THREADS_AUTO, len(os.sched_getaffinity(0))))
     if not (text.isascii() and text.isdigit() and int(text) <= DATA_THREADS_MAX):
