@@ -207,6 +207,17 @@ PROBES = [
     ("demo --out ''", BLANK),
     ("--bogus", "No such option '--bogus'"),
     ("nosuch", "No such command 'nosuch'"),
+    # several nets per GPU, and the GPU check's rates (#24)
+    ("plan --out {t}/o --nets-per-gpu 0", "range"),
+    ("plan --out {t}/o --nets-per-gpu two", "not a valid integer"),
+    ("plan --out {t}/o --data-threads -1", "range"),
+    ("plan --out {t}/o --data-threads 65", "range"),
+    ("plan --out {t}/o --rates {t}/missing.json", "does not exist"),
+    ("plan --out {t}/o --rates {t}/adir", "is a directory"),
+    ("plan --out {t}/o --rates {t}/log.txt", "is not the GPU check's JSON"),
+    ("plan --out {t}/o --rates ''", BLANK),
+    ("run-all {t}/adir --nets-per-gpu 0", "range"),
+    ("run-all {t}/adir --nets-per-gpu x", "not a valid integer"),
 ]
 
 
@@ -342,10 +353,11 @@ ENV_PROBES = [
     EnvProbe("VENV", "{t}/afile", "tools/setup.sh", "VENV={t}/afile: not a folder"),
     EnvProbe("VENV", "{t}/afile", "tools/demo.sh", "VENV={t}/afile: not a folder"),  # it sets up first
     EnvProbe("PYTHON_BASE", "{t}/missing", "tools/setup.sh", "PYTHON_BASE={t}/missing: no such interpreter"),
+    EnvProbe("CAFFE_DATA_THREADS", "many", "caffe-transfer train {t}/run", "CAFFE_DATA_THREADS=many: expected"),
+    EnvProbe("CAFFE_DATA_THREADS", "65", "caffe-transfer train {t}/run", "CAFFE_DATA_THREADS=65: expected"),
 ]
 # Variables read that no row probes, each with the reason.
 NOT_PROBED = {
-    "SLURM_CPUS_PER_TASK": "set by SLURM for a job, not by the user",
     "SLURM_RESTART_COUNT": "set by SLURM when it requeues a job",
     "CAFFE_TRANSFER_REFERENCE": "read by the tests only: where the authors' files are not, the tests that need them "
                                 "skip and name the folder",
