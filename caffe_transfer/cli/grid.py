@@ -78,8 +78,9 @@ def plan(experiments, splits, out, force, options, packing, slurm, estimate) -> 
         click.echo(f"wrote SLURM job arrays ({p.packing.nets_per_gpu} run(s) per task); submit them with {p.submit}")
     if p.cost:
         e = p.cost
-        priced = (f"priced by {p.rates.path} ({p.rates.device}, {e['iter_seconds']:.4f} GPU-s/iteration on "
-                  f"average)" if p.rates else f"at {e['iter_seconds']} s/iteration")
+        priced = (f"priced by {p.rates.path} ({p.rates.device} at CAFFE_DATA_THREADS={p.rates.data_threads}, "
+                  f"{e['iter_seconds']:.4f} GPU-s/iteration on average)" if p.rates
+                  else f"at {e['iter_seconds']} s/iteration")
         click.echo(f"{priced}, {e['nets_per_gpu']} run(s) per GPU: {e['gpu_hours']:,.0f} GPU-hours "
                    f"({e['gpu_hours'] / 24:,.1f} GPU-days); on {e['gpus']} GPU(s) {e['wall_hours']:,.0f} h "
                    f"wall-clock (critical path {e['critical_path_hours']:,.0f} h)")

@@ -161,10 +161,10 @@ class _Fields:
         value = holder[key]
         if value is None and none:
             return None
-        numeric = kind in (int, float) and isinstance(value, bool)
-        if kind is float and isinstance(value, int) and not numeric:
+        boolean = isinstance(value, bool)  # JSON's true is no number here, though Python's bool is an int
+        if kind is float and isinstance(value, int) and not boolean:
             value = float(value)
-        if not isinstance(value, kind) or numeric:
+        if not isinstance(value, kind) or (boolean and kind is not bool):
             raise CaffeTransferError(f"{self.path}: {name} is {value!r}: expected {'null or ' if none else ''}"
                                      f"{'a list' if kind is list else 'an object' if kind is dict else kind.__name__}")
         return value

@@ -76,7 +76,7 @@ def write_slurm(plan_dir: str | Path, runs: list[PlanRun], gpu: bool, cpus: int 
     common = {"version": __version__, "plan_dir": plan_dir, "logs": folder / "logs", "gpu": gpu, "cpus": cpus,
               "grace": grace, "sbatch_args": sbatch_args, "trainer": trainer(), "stopped_exit": STOPPED_EXIT,
               "killed_by": KILLED_STATUSES, "blas_threads": packing.blas_threads(gpu, cpus, per_task),
-              "environment": packing.environment(gpu, cpus, per_task)}
+              "environment": packing.environment(gpu, cpus, per_task), "per_task": per_task}
     arrays = job_arrays(runs, per_task)
     scripts = {}
     for a in arrays:
