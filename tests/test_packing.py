@@ -3,12 +3,14 @@ CPUs their DataLayer threads get, as plan records them."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
 from click.testing import CliRunner
 
 from caffe_transfer.cli import cli
+from caffe_transfer.common.errors import CaffeTransferError
 from caffe_transfer.grid import plan
 from caffe_transfer.grid.packing import Packing, device_slots, pack
 from caffe_transfer.grid.slurm import job_arrays
@@ -68,3 +70,11 @@ def test_slurm_tasks_ask_for_the_cpus_of_their_runs(tmp_path, cpu, cpus, expect)
     assert (exported and exported[1]) == expect["threads"]
     assert ("#SBATCH --gres=gpu:1" in script) == (not cpu)
     assert "0) runs=(halfnatmanA halfnatmanB) ;;" in script
+
+
+def test_a_plan_written_before_packing_trains_one_net_per_gpu(tmp_path):
+    (tmp_path / "plan.json").write_text(json.dumps({"runs": [{"name": "half0A", "base": None, "max_iter": 10}]}))
+    assert plan.read_packing(tmp_path) == Packing(1, 4)
+    (tmp_path / "plan.json").write_text(json.dumps({"runs": [], "packing": {"nets_per_gpu": 0}}))
+    with pytest.raises(CaffeTransferError, match="plan.json: not a plan written by caffe-transfer plan"):
+        plan.read_packing(tmp_path)
