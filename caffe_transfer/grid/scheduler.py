@@ -4,9 +4,9 @@ A transfer run depends on its base run, as plan.json says (the base's final snap
 hand-off). Runs whose base has finished are started most-depended-on first, so
 bases never wait behind transfers. Each device (a GPU, or a CPU worker) trains up to
 nets_per_gpu runs at once, each its own Caffe; GPU runs get their DataLayer threads as
-`packing.Packing` shares the machine's CPUs out. Finished runs are skipped, interrupted ones resume from their
-snapshots (`train` does both), a failed run holds back its dependants while independent runs go
-on. One progress bar covers the whole set: runs done, the runs in progress, time left.
+`packing.Packing` shares the machine's CPUs out. Finished runs are skipped, interrupted ones
+resume from their snapshots (`train` does both), a failed run holds back its dependants while
+independent runs go on. One progress bar covers the whole set: runs done, the runs in progress, time left.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import signal
 import subprocess
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from operator import attrgetter
 from pathlib import Path
 
@@ -93,7 +93,7 @@ def run_plan(plan_dir: str | Path, workers: int = 1, gpus: list[int] | None = No
     runs = read_plan(plan_dir)
     packing = read_packing(plan_dir)
     if nets_per_gpu:
-        packing = Packing(nets_per_gpu, packing.data_threads)
+        packing = replace(packing, nets_per_gpu=nets_per_gpu)
     return run_grid([Path(plan_dir) / r.name for r in runs], workers=workers, gpus=gpus, packing=packing,
                     progress=progress, bases={r.name: r.base for r in runs})
 
