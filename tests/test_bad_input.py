@@ -331,6 +331,8 @@ ENV_PROBES = [
     EnvProbe("CAFFE", "{t}/afile", "{t}/run/run.sh", "CAFFE={t}/afile: expected the path of Caffe's caffe binary"),
     EnvProbe("FASHION_MNIST_DIR", "{t}/adir", "caffe-transfer demo --preset quick --out {t}/o",
              "{t}/adir/train-images-idx3-ubyte.gz is missing"),
+    *(EnvProbe("CAFFE_DATA_THREADS", bad, command, f"CAFFE_DATA_THREADS={bad}: expected a whole number from 0")
+      for bad in ("two", "-1", "65", "", "1.5") for command in ("caffe-transfer train {t}/run", "{t}/run/run.sh")),
     EnvProbe("CAFFE_CUDA", "maybe", "tools/install_caffe.sh", "CAFFE_CUDA=maybe: expected auto, 0 or 1"),
     EnvProbe("CAFFE_CUDNN", "2", "tools/install_caffe.sh", "CAFFE_CUDNN=2: expected auto, 0 or 1"),
     EnvProbe("PYTHON", "{t}/missing", "tools/install_caffe.sh", "PYTHON={t}/missing: no such interpreter"),
