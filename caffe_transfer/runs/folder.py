@@ -25,7 +25,7 @@ from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 
 from caffe_transfer.common.atomic import write_atomic
-from caffe_transfer.common.caffe_env import caffe_pb2
+from caffe_transfer.common.caffe_env import DATA_THREADS_MAX, caffe_pb2
 from caffe_transfer.common.errors import CaffeTransferError
 from caffe_transfer.model.architectures import architecture
 from caffe_transfer.model.treatments import Kind, LayerRole, Treatment, parse
@@ -91,7 +91,7 @@ def script_values(treatment: Treatment, max_iter: int, fingerprint: Fingerprint,
             "base": base.name if base else None, "base_weights": base_weights,
             "base_dir": Path("..") / base.name if base and not base_given else None,
             "session": SESSION, "state_written": STATE_WRITTEN, "stopped_exit": STOPPED_EXIT,
-            "killed_by": KILLED_STATUSES}
+            "data_threads_max": DATA_THREADS_MAX, "killed_by": KILLED_STATUSES}
 
 
 @dataclass(frozen=True)
