@@ -195,12 +195,16 @@ def _state_next(partial: Path) -> int:
         env.close()
 
 
-def test_datalayer_benchmark_runs_and_prints_both_kinds(tmp_path):
+def test_datalayer_benchmark_prints_both_kinds_at_each_thread_count(tmp_path):
     bench = Path(__file__).resolve().parent.parent / "tools" / "bench_datalayer.py"
-    out = subprocess.run([sys.executable, str(bench), "--count", "16", "--batch", "8", "--seconds", "0.5",
-                          "--workdir", str(tmp_path)], capture_output=True, text=True, check=True).stdout
-    assert re.search(r"raw +\d+ images/s +[\d.]+ KB per image", out), out
-    assert re.search(r"encoded +\d+ images/s +[\d.]+ KB per image", out), out
+    out = subprocess.run([sys.executable, str(bench), "--count", "16", "--batch", "8", "--seconds", "0.3",
+                          "--rounds", "1", "--threads", "0,2", "--workdir", str(tmp_path)],
+                         capture_output=True, text=True, check=True).stdout
+    for kind in ("raw", "encoded"):
+        section = out.split(f"  {kind} ")[1]
+        assert re.match(r" +[\d.]+ KB per image", section), out
+        assert re.search(r"stock loop +\d+ images/s +1\.00x stock", section), out
+        assert re.search(r"2 threads +\d+ images/s +[\d.]+x stock", section), out
 
 
 @pytest.mark.slow
