@@ -246,3 +246,25 @@ def test_report_leaves_out_a_log_whose_header_names_another_run(trained, data, t
     problems = {r["name"]: r["problems"] for r in incomplete_runs(list(runs.values()))}
     assert "train.log: unreadable: a log of half0A, not of half0B" in problems["half0B"]
 
+
+# --- bundles -------------------------------------------------------------------------------------
+def test_install_from_a_bundle_refuses_files_its_sums_do_not_list(tmp_path):
+    from .conftest import REPO
+
+    bundle = tmp_path / "bundle"
+    for folder in ("source", "debs", "wheels"):
+        (bundle / folder).mkdir(parents=True)
+    (bundle / "source" / "listed.txt").write_text("listed\n")
+    subprocess.run("sha256sum source/listed.txt > SHA256SUMS", shell=True, cwd=bundle, check=True)
+    (bundle / "debs" / "extra.deb").write_bytes(b"!<arch>\n")
+    (bundle / "wheels" / "extra-1.0-py3-none-any.whl").write_bytes(b"PK")
+    proc = subprocess.run(["bash", "tools/install_caffe.sh", "--from", str(bundle)], cwd=REPO, capture_output=True,
+                          text=True, env={**ENV, "PYTHON": sys.executable, "CAFFE_ROOT": str(tmp_path / "c"),
+                                          "CAFFE_CUDA": "0"})
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"[install_caffe] error: --from {bundle}: debs/extra.deb, wheels/extra-1.0-py3-none-any.whl not listed in "
+        "its SHA256SUMS: remove it, or write the bundle again")
+    assert not (tmp_path / "c" / "deps").exists()
+
+
