@@ -268,3 +268,80 @@ def test_install_from_a_bundle_refuses_files_its_sums_do_not_list(tmp_path):
     assert not (tmp_path / "c" / "deps").exists()
 
 
+
+# --- prepare checks every output first ------------------------------------------------------------
+def test_prepare_refuses_a_foreign_lmdb_before_it_writes_a_list(tmp_path):
+    from caffe_transfer.common.errors import CaffeTransferError
+    from caffe_transfer.data.prepare import prepare
+
+    from .test_imagenet_lists import imagenet_tree
+
+    imagenet_tree(tmp_path, 12, 2, 30)
+    data_root = tmp_path / "data"
+    (data_root / "lists").mkdir(parents=True)
+    (data_root / "lists" / "whole_train.txt").write_text("my own list\n")
+    (data_root / "half0A_train" / "lmdb").mkdir(parents=True)
+    (data_root / "half0A_train" / "lmdb" / "data.mdb").write_bytes(b"convert_imageset's")
+    before = _digests(data_root)
+    with pytest.raises(CaffeTransferError, match=r"half0A_train/lmdb was not written by make-lmdb"):
+        prepare(tmp_path / "train", tmp_path / "train", data_root, ["half0A_train"], progress=False)
+    assert _digests(data_root) == before and sorted(p.name for p in data_root.iterdir()) == ["half0A_train", "lists"]
+
+
+# --- builds record what they depend on, and are complete only when whole ------------------------
+def test_a_build_under_the_wrong_image_root_is_not_complete_and_the_next_run_retries(tmp_path):
+    from .test_data import _jpegs
+
+    list_file = _jpegs(tmp_path / "img", 60, (16, 12))
+    wrong = tmp_path / "wrong"
+    for i in range(12):  # a fifth of the images are found there
+        (wrong / f"c{i % 3}").mkdir(parents=True, exist_ok=True)
+        shutil.copy(tmp_path / "img" / f"c{i % 3}" / f"{i}.jpg", wrong / f"c{i % 3}")
+    out = tmp_path / "out"
+    _refused(_cli("make-lmdb", list_file, wrong, out, "--resize", "16"),
+             f"48 of the 60 images of {list_file} could not be read, more than 1%",
+             f"nothing was marked complete (see {out / 'skipped.txt'})", above=True)
+    assert not (out / "COMPLETE").exists() and not (out / "lmdb").exists()
+    done = _ok("make-lmdb", list_file, tmp_path / "img", out, "--resize", "16")
+    assert "wrote 60 images" in done.stdout and json.loads((out / "COMPLETE").read_text())["written"] == 60
+    assert json.loads((out / "COMPLETE").read_text())["image_root"] == str(tmp_path / "img")
+    shutil.copytree(tmp_path / "img", tmp_path / "other")
+    _refused(_cli("make-lmdb", list_file, tmp_path / "other", out, "--resize", "16"),
+             f"was built with other settings (image root {tmp_path / 'img'}, not {tmp_path / 'other'})")
+
+
+def test_a_build_that_lost_a_whole_class_is_not_complete(tmp_path):
+    from .test_data import _jpegs
+
+    list_file = _jpegs(tmp_path / "img", 60, (16, 12))
+    for image in (tmp_path / "img" / "c2").iterdir():
+        image.write_bytes(b"not a JPEG")  # 20 of 60: also over the share, so keep only class 2's 4 first
+    lines = [line for line in list_file.read_text().splitlines() if not line.startswith("c2/") or
+             int(line.split("/")[1].split(".")[0]) < 12]
+    list_file.write_text("\n".join(lines) + "\n")
+    _refused(_cli("make-lmdb", list_file, tmp_path / "img", tmp_path / "out", "--resize", "16"),
+             f"class 2 of {list_file} lost every one of its images (1 such classes)", "nothing was marked complete",
+             above=True)
+    assert not (tmp_path / "out" / "COMPLETE").exists()
+
+
+def test_lists_refuses_a_class_folder_without_images_and_says_what_it_ignored(tmp_path):
+    from .test_data import _jpegs
+
+    _jpegs(tmp_path / "img", 9, (16, 12))
+    (tmp_path / "img" / "list.txt").unlink()
+    (tmp_path / "img" / "aaa_empty").mkdir()
+    _refused(_cli("lists", "--train-dir", tmp_path / "img", "--out", tmp_path / "o"),
+             f"{tmp_path / 'img'}: 1 class folders hold no image (aaa_empty)")
+    assert not (tmp_path / "o").exists()
+
+    (tmp_path / "img" / "aaa_empty").rmdir()
+    (tmp_path / "img" / "lost+found").mkdir()
+    (tmp_path / "img" / "README").write_text("notes\n")
+    (tmp_path / "img" / "loop").symlink_to(tmp_path / "img" / "loop")
+    proc = _ok("lists", "--train-dir", tmp_path / "img", "--out", tmp_path / "o")
+    assert (f"{tmp_path / 'img'}: ignored 3 entries that are not class folders: README, loop, lost+found"
+            in proc.stdout), proc.stdout
+    labels = {line.split()[0].split("/")[0]: line.split()[1] for line in
+              (tmp_path / "o" / "whole_train.txt").read_text().splitlines()}
+    assert labels == {"c0": "0", "c1": "1", "c2": "2"}

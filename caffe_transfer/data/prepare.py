@@ -20,6 +20,7 @@ from caffe_transfer.data.lmdb import (
     BuildResult,
     Dataset,
     build_many,
+    refuse_foreign,
     space,
 )
 from caffe_transfer.data.splits import write_splits
@@ -45,7 +46,9 @@ def prepare(train_dir: str | Path, val_dir: str | Path, data_root: str | Path, d
     bad = [d for d in datasets if d.rpartition("_")[2] not in SUBSET_ROOTS]
     if bad:
         raise CaffeTransferError(f"dataset {bad[0]!r}: expected a name ending in _train or _valid")
-    lists = write_whole_lists(train_dir, val_dir, data_root / "lists", val_labels, devkit, val_solution)
+    for name in datasets:  # every output checked before the first list is written
+        refuse_foreign(data_root / name)
+    lists = write_whole_lists(train_dir, val_dir, data_root / "lists", val_labels, devkit, val_solution, say)
     notes: list[str] = []
     for subset, whole in zip(SUBSET_ROOTS, lists):
         result = write_splits(whole, subset, data_root, num_classes=num_classes)
