@@ -345,3 +345,20 @@ def test_lists_refuses_a_class_folder_without_images_and_says_what_it_ignored(tm
     labels = {line.split()[0].split("/")[0]: line.split()[1] for line in
               (tmp_path / "o" / "whole_train.txt").read_text().splitlines()}
     assert labels == {"c0": "0", "c1": "1", "c2": "2"}
+
+
+def test_prepare_refuses_a_list_of_the_users_before_it_writes_any(tmp_path):
+    from caffe_transfer.common.errors import CaffeTransferError
+    from caffe_transfer.data.prepare import prepare
+
+    from .test_imagenet_lists import imagenet_tree
+
+    imagenet_tree(tmp_path, 12, 2, 30)
+    data_root = tmp_path / "data"
+    (data_root / "half0A_train").mkdir(parents=True)
+    (data_root / "half0A_train" / "files.txt").write_text("my own list\n")
+    with pytest.raises(CaffeTransferError, match=r"half0A_train/files.txt is not the list prepare writes"):
+        prepare(tmp_path / "train", tmp_path / "train", data_root, ["half0A_train"], progress=False)
+    assert [str(p.relative_to(data_root)) for p in sorted(data_root.rglob("*"))] == ["half0A_train",
+                                                                                     "half0A_train/files.txt"]
+    assert (data_root / "half0A_train" / "files.txt").read_text() == "my own list\n"
