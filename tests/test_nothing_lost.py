@@ -189,6 +189,17 @@ def test_a_transfer_whose_base_changed_since_its_transplant_is_transplanted_agai
     assert record["base_sha256"] == hashlib.sha256(base.final_model.read_bytes()).hexdigest()
 
 
+def test_an_init_replaced_by_hand_is_neither_trained_from_nor_written_over(runs, data):
+    transfer = _gen(runs / "transfer0A0B_1_2", data, "AnB", "--n", "2", "--split", "0")
+    _ok("transplant", transfer)
+    init = transfer / "init.caffemodel"
+    shutil.copy(Run.load(runs / "half0A").snapshot(10), init)  # the user's own start
+    _refused(_cli("train", transfer, "--quiet"), f"{init} is not the file transplant wrote",
+             f"transplant again (caffe-transfer transplant {transfer}), or move it and transplant.json aside")
+    assert init.read_bytes() == Run.load(runs / "half0A").snapshot(10).read_bytes()
+    assert not (transfer / "train.log").exists()
+
+
 def test_a_transfer_whose_base_is_not_finished_now_does_not_train_from_its_old_init(runs, data):
     transfer = _gen(runs / "transfer0A0B_1_2", data, "AnB", "--n", "2", "--split", "0")
     _ok("transplant", transfer)

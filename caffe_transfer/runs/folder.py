@@ -6,7 +6,8 @@ tasks and `run.sh` (rendered from what this module resolves) ask it and derive n
   them, base weights); `transplant.json` and each training session (its header line in
   `train.log`) record the one they were made for, so weights of an earlier version of the folder
   (or of a hand-edited solver) are never trained from; `transplant.json` also records the sha256
-  of the base weights, so an init made from a base that changed since is made again;
+  of the base weights, so an init made from a base that changed since is made again, and of the
+  init, so one replaced by hand is refused (never written over);
 - a snapshot counts once `train.log` shows Caffe went on after writing its `.solverstate` (Caffe
   writes the `.caffemodel`, then the state, then logs its next line), so one cut short by a kill
   is passed over for the one before it, as is one whose `.caffemodel` or `.solverstate` is cut;
@@ -313,6 +314,18 @@ class Run:
         if record.get("base_sha256") not in (None, sha256(base)):
             return f"{INIT} was made from {base} as it was before: it has changed since"
         return None
+
+    def init_replaced(self) -> str | None:
+        """Why init.caffemodel is not the file transplant wrote (its sha256 in transplant.json),
+        in one line with the way out; or None. It may be the user's: it is never written over."""
+        try:
+            wanted = json.loads((self.dir / RECORD).read_text()).get("init_sha256")
+        except (OSError, ValueError, AttributeError):
+            return None
+        if wanted is None or not self.init_weights.is_file() or sha256(self.init_weights) == wanted:
+            return None
+        return (f"{self.init_weights} is not the file transplant wrote ({RECORD} records another sha256): "
+                f"transplant again (caffe-transfer transplant {self.dir}), or move it and {RECORD} aside")
 
     # --- state --------------------------------------------------------------------------------
     def state(self) -> tuple[State, str]:

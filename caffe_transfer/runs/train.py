@@ -78,6 +78,8 @@ def start(run: Run) -> Start:
         return Start(["-snapshot", str(resume.state.relative_to(run.dir))], resume.iteration,
                      f"resuming from {resume.state.name}", passed)
     if run.treatment.kind in (Kind.TRANSFER, Kind.RANDOM):
+        if replaced := run.init_replaced():
+            raise CaffeTransferError(replaced)
         problem = run.init_problem()
         note = passed
         if problem:

@@ -163,6 +163,7 @@ def make_init(run: Run, base: str | Path | None, out: Path, seed: int | None) ->
     tmp = out.with_name(f".{out.name}.tmp")
     try:
         _check_reload(tmp, net.save(tmp), copies, net.params)
+        record["init_sha256"] = hashlib.sha256(tmp.read_bytes()).hexdigest()  # the file train starts from
         # the record first: training takes an existing init as done, so it must never lack one
         write_atomic(record_path, json.dumps(record, indent=2) + "\n")
         tmp.replace(out)
