@@ -295,7 +295,7 @@ def test_prepare_refuses_a_foreign_lmdb_before_it_writes_a_list(tmp_path):
     (data_root / "half0A_train" / "lmdb" / "data.mdb").write_bytes(b"convert_imageset's")
     before = _digests(data_root)
     with pytest.raises(CaffeTransferError, match=r"half0A_train/lmdb was not written by make-lmdb"):
-        prepare(tmp_path / "train", tmp_path / "train", data_root, ["half0A_train"], progress=False)
+        prepare(tmp_path / "train", tmp_path / "train", data_root, ["half0A_train"], progress=False, num_classes=12)
     assert _digests(data_root) == before and sorted(p.name for p in data_root.iterdir()) == ["half0A_train", "lists"]
 
 
@@ -366,10 +366,13 @@ def test_prepare_refuses_a_list_of_the_users_before_it_writes_any(tmp_path):
 
     imagenet_tree(tmp_path, 12, 2, 30)
     data_root = tmp_path / "data"
+    with pytest.raises(CaffeTransferError, match=rf"{data_root}/lists/whole_train.txt: its paths are ImageNet's"):
+        prepare(tmp_path / "train", tmp_path / "train", data_root, ["half0A_train"], progress=False)
+    assert not data_root.exists()  # made for the lists, and removed with them
     (data_root / "half0A_train").mkdir(parents=True)
     (data_root / "half0A_train" / "files.txt").write_text("my own list\n")
     with pytest.raises(CaffeTransferError, match=r"half0A_train/files.txt is not the list prepare writes"):
-        prepare(tmp_path / "train", tmp_path / "train", data_root, ["half0A_train"], progress=False)
+        prepare(tmp_path / "train", tmp_path / "train", data_root, ["half0A_train"], progress=False, num_classes=12)
     assert [str(p.relative_to(data_root)) for p in sorted(data_root.rglob("*"))] == ["half0A_train",
                                                                                      "half0A_train/files.txt"]
     assert (data_root / "half0A_train" / "files.txt").read_text() == "my own list\n"

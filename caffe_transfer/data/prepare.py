@@ -94,9 +94,13 @@ def _write_lists(train_dir, val_dir, data_root: Path, val_labels, devkit, val_so
                 write_splits(whole, subset, staging, custom={"whole": list(range(result.num_classes))},
                              num_classes=result.num_classes, reduced=())
             _place(Path(staging), data_root)
-    except BaseException:
+    except CaffeTransferError as e:  # it names a list where it was written first: say where it goes
         if created:
             data_root.rmdir()  # as it was: no folder
+        raise CaffeTransferError(str(e).replace(staging, str(data_root))) from None
+    except BaseException:
+        if created:
+            data_root.rmdir()
         raise
     return [data_root / "lists" / whole.name for whole in staged], notes
 
