@@ -562,7 +562,8 @@ def test_our_half_built_lmdb_of_other_settings_is_an_error_until_forced(tmp_path
     list_file = _jpegs(images, 8, (40, 30))
     out = tmp_path / "out"
     entries = splits.read_list(list_file)
-    started = target.Target(list_file, out, entries, target.settings(list_file, entries, BuildOptions(resize=16)))
+    started = target.Target(list_file, out, entries, target.settings(list_file, entries, BuildOptions(resize=16),
+                                                                     images))
     started.lock()
     started.open(force=False)  # as a build killed before its first commit leaves it
     started.close()

@@ -50,6 +50,11 @@ use_bundle() {
   local dir=$1 deps=$CAFFE_ROOT/deps deb member link target sums
   [ -f "$dir/SHA256SUMS" ] || die "--from $dir: no SHA256SUMS there (write a bundle with --bundle DIR)"
   (cd "$dir" && sha256sum -c --quiet SHA256SUMS) || die "--from $dir: files do not match its SHA256SUMS"
+  # Only what the sums vouch for is used: the .debs and wheels are globbed, so an extra one would be.
+  local extra
+  extra=$(cd "$dir" && comm -23 <(find source debs wheels ! -type d 2>/dev/null | LC_ALL=C sort) \
+    <(sed 's/^[0-9a-f]*  //' SHA256SUMS | LC_ALL=C sort))
+  [ -z "$extra" ] || die "--from $dir: ${extra//$'\n'/, } not listed in its SHA256SUMS: remove it, or write the bundle again"
   sums=$(sha256sum "$dir/SHA256SUMS" | cut -c1-16)
   if [ "$(cat "$deps/.bundle" 2>/dev/null)" != "$sums" ]; then
     log "unpacking $(ls "$dir"/debs/*.deb | wc -l) .debs into $deps"

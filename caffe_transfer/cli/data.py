@@ -64,7 +64,7 @@ def lists(train_dir, val_dir, devkit, val_solution, val_labels, out) -> None:
     """Write whole_train.txt and whole_valid.txt from an image tree (classes in sorted order)."""
     from caffe_transfer.data.lists import write_whole_lists
 
-    for path in write_whole_lists(train_dir, val_dir, out, val_labels, devkit, val_solution):
+    for path in write_whole_lists(train_dir, val_dir, out, val_labels, devkit, val_solution, say=click.echo):
         click.echo(f"wrote {path} ({sum(1 for _ in path.open())} images)")
 
 

@@ -58,7 +58,8 @@ def demo(out, preset, workers) -> None:
 @experiment_options
 @click.option("--out", "-o", required=True, type=ScriptPath(file_okay=False, path_type=Path),
               help="Plan folder (one run folder per net).")
-@click.option("--force", is_flag=True, help="Overwrite run folders that already hold snapshots.")
+@click.option("--force", is_flag=True, help="Write run folders that hold snapshots (kept: they then refuse "
+              "to resume until moved aside) or files gen did not write, or that were edited since.")
 @net_options
 @packing_options
 @slurm_options

@@ -64,7 +64,8 @@ def describe(name: str, n: int | None, split: str | None) -> None:
                    "current folder; with --all, required: the folder that holds the run folders).")
 @click.option("--base-weights", type=ScriptPath(dir_okay=False, path_type=Path),
               help="Base .caffemodel for a transfer (default: the base run's final snapshot beside OUT).")
-@click.option("--force", is_flag=True, help="Overwrite run folders that already hold snapshots.")
+@click.option("--force", is_flag=True, help="Write run folders that hold snapshots (kept: they then refuse "
+              "to resume until moved aside) or files gen did not write, or that were edited since.")
 @net_options
 def gen(treatment, n, split, grid, out, base_weights, force, options) -> None:
     """Write solver, train/val and deploy prototxts and treatment.json for a treatment.
@@ -99,7 +100,8 @@ def gen(treatment, n, split, grid, out, base_weights, force, options) -> None:
 @click.option("--out", type=out_file(), help="Init weights to write (default: RUN_DIR/init.caffemodel).")
 @click.option("--seed", type=click.IntRange(0, 2 ** 32 - 1),
               help="Seed of the filler init of the layers not copied (default: from the run's name).")
-def transplant(run_dir, base, out, seed) -> None:
+@click.option("--force", is_flag=True, help="Write --out (and OUT.json) over files transplant did not write.")
+def transplant(run_dir, base, out, seed, force) -> None:
     """Copy a transfer's first n layers from its base by net surgery (checked bit for bit).
 
     Writes the init .caffemodel and RUN_DIR/transplant.json (per layer: copied from where or
@@ -107,7 +109,7 @@ def transplant(run_dir, base, out, seed) -> None:
     pycaffe does not import (the same file; CAFFE_TRANSFER_FILL=caffe forces it)."""
     from caffe_transfer.runs.transplant import transplant as run_transplant
 
-    result = run_transplant(run_dir, base=base, out=out, seed=seed)
+    result = run_transplant(run_dir, base=base, out=out, seed=seed, force=force)
     for layer in result.layers:
         what = f"copied from {layer['from_run']}:{layer['from_layer']}" if layer["action"] == "copied" \
             else f"filler init (seed {result.seed})"

@@ -13,6 +13,7 @@ once, by a label in range, and every name labelled must be there.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 from caffe_transfer.common.atomic import write_atomic
 from caffe_transfer.common.errors import CaffeTransferError
@@ -21,17 +22,36 @@ from caffe_transfer.data.imagenet import devkit_val_wnids, solution_val_wnids
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".ppm", ".pgm", ".webp", ".tif", ".tiff")
 
 
+def _image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+
+
 def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(p for p in folder.iterdir() if _image(p))
 
 
-def class_folders(root: str | Path) -> list[str]:
+NOT_CLASSES = ("lost+found",)  # folders a file system makes, never a class
+
+
+def class_folders(root: str | Path, say: Callable[[str], object] = lambda line: None) -> list[str]:
+    """The class folders of a tree, sorted: their order is the labels'. What is not a folder
+    (files, links that lead nowhere or in a loop) and NOT_CLASSES are ignored, and `say` names
+    them; a folder with no image is refused, as it would take a label and shift every one after it."""
     root = Path(root)
     if not root.is_dir():
         raise CaffeTransferError(f"image folder {root} does not exist")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    entries = sorted(root.iterdir())
+    ignored = [p.name for p in entries if p.name in NOT_CLASSES or not p.is_dir()]
+    classes = [p.name for p in entries if p.name not in ignored]
     if not classes:
         raise CaffeTransferError(f"{root} has no class folders: expected {root}/CLASS/IMAGE")
+    empty = [name for name in classes if not any(_image(p) for p in (root / name).iterdir())]
+    if empty:
+        raise CaffeTransferError(f"{root}: {len(empty)} class folders hold no image ({', '.join(empty[:5])}"
+                                 f"{', ...' if len(empty) > 5 else ''}): fill them or move them out of the tree")
+    if ignored:
+        say(f"{root}: ignored {len(ignored)} entries that are not class folders: {', '.join(ignored[:5])}"
+            f"{', ...' if len(ignored) > 5 else ''}")
     return classes
 
 
@@ -116,9 +136,11 @@ def flat_list(root: str | Path, labels: dict[str, int], source: str) -> list[tup
 
 def write_whole_lists(train_dir: str | Path, val_dir: str | Path | None, out_dir: str | Path,
                       val_labels: str | Path | None = None, devkit: str | Path | None = None,
-                      val_solution: str | Path | None = None) -> list[Path]:
-    """Write `whole_train.txt` (and `whole_valid.txt`) into `out_dir`; returns their paths."""
-    classes = class_folders(train_dir)
+                      val_solution: str | Path | None = None,
+                      say: Callable[[str], object] = lambda line: None) -> list[Path]:
+    """Write `whole_train.txt` (and `whole_valid.txt`) into `out_dir`; returns their paths. `say`
+    hears what of the train tree was not taken for a class."""
+    classes = class_folders(train_dir, say)
     given = [(flag, value) for flag, value in (("--val-labels", val_labels), ("--devkit", devkit),
                                                ("--val-solution", val_solution)) if value is not None]
     if len(given) > 1:

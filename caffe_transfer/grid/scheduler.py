@@ -25,6 +25,7 @@ from caffe_transfer.common.progress import progress as progress_bar
 from caffe_transfer.grid.packing import Packing, device_slots
 from caffe_transfer.grid.plan import plan_runs, priority_order, read_packing, read_plan
 from caffe_transfer.runs.folder import SIGNALS, Run, State
+from caffe_transfer.runs.lock import Lock
 from caffe_transfer.runs.train import train
 
 
@@ -89,13 +90,15 @@ class _Live:
 def run_plan(plan_dir: str | Path, workers: int = 1, gpus: list[int] | None = None,
              nets_per_gpu: int | None = None, progress: bool = True) -> GridResult:
     """`run_grid` over every run of a plan, with plan.json's dependency graph and packing
-    (`nets_per_gpu` overrides the plan's)."""
+    (`nets_per_gpu` overrides the plan's); one runner per plan at a time (the plan folder's lock,
+    as a run folder's), or a line naming the one there is."""
     runs = read_plan(plan_dir)
     packing = read_packing(plan_dir)
     if nets_per_gpu:
         packing = replace(packing, nets_per_gpu=nets_per_gpu)
-    return run_grid([Path(plan_dir) / r.name for r in runs], workers=workers, gpus=gpus, packing=packing,
-                    progress=progress, bases={r.name: r.base for r in runs})
+    with Lock(Path(plan_dir), "caffe-transfer run-all"):
+        return run_grid([Path(plan_dir) / r.name for r in runs], workers=workers, gpus=gpus, packing=packing,
+                        progress=progress, bases={r.name: r.base for r in runs})
 
 
 def run_grid(run_dirs: list[str | Path], workers: int = 1, gpus: list[int] | None = None,

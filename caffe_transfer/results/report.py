@@ -67,7 +67,7 @@ def _state(folder: Path) -> tuple[State, str] | None:
 
 def _collect_one(folder: Path) -> RunResult:
     treatment, solver, arch = curves.describe(folder)
-    tables = logs.read_run(folder, train=False)
+    tables = logs.read_run(folder, train=False, name=treatment.name)
     acc = tables.accuracies()
     last = max([tables.last_iteration or 0] + [r["NumIters"] for r in tables.test]) if tables.files else None
     return RunResult(folder.name, treatment, logs.score(acc), len(acc), last, int(solver["max_iter"]),

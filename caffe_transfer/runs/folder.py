@@ -2,12 +2,19 @@
 
 `gen` writes the folder and its fingerprint; `transplant`, `train`, `status`, `run-all`, SLURM
 tasks and `run.sh` (rendered from what this module resolves) ask it and derive nothing:
-- the fingerprint says what defines the run (treatment, rendered net and solver, base weights);
-  `transplant.json` and each training session (its header line in `train.log`) record the one
-  they were made for, so weights of an earlier version of the folder are never trained from;
+- the fingerprint says what defines the run (treatment, the net and solver files as Caffe reads
+  them, base weights); `transplant.json` and each training session (its header line in
+  `train.log`) record the one they were made for, so weights of an earlier version of the folder
+  (or of a hand-edited solver) are never trained from; `transplant.json` also records the sha256
+  of the base weights, so an init made from a base that changed since is made again, and of the
+  init, so one replaced by hand is refused (never written over);
 - a snapshot counts once `train.log` shows Caffe went on after writing its `.solverstate` (Caffe
   writes the `.caffemodel`, then the state, then logs its next line), so one cut short by a kill
-  is passed over for the one before it; the final snapshot is the one at `max_iter`;
+  is passed over for the one before it, as is one whose `.caffemodel` or `.solverstate` is cut;
+  the final snapshot is the one at `max_iter`;
+- whole snapshots on disk that `train.log` never mentions (a log deleted, emptied or cut) are
+  never overwritten by a fresh start: the run refuses until they are moved aside;
+- gen's files are gen's while treatment.json records their digests: others are the user's;
 - one trainer at a time holds the folder's lock (`lock.py`) for the life of its Caffe;
 - the state (waiting, ready, running, stopped, failed, done) follows from the above.
 """
@@ -16,8 +23,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 
@@ -31,10 +39,14 @@ from caffe_transfer.model.architectures import architecture
 from caffe_transfer.model.treatments import Kind, LayerRole, Treatment, parse
 from caffe_transfer.runs.lock import LOCK, Lock, holder
 from caffe_transfer.runs.records import (
+    NET,
     SESSION,
     SOLVER,
     STATE_WRITTEN,
     Fingerprint,
+    file_digest,
+    mentioned,
+    sha256,
     written,
 )
 
@@ -77,6 +89,22 @@ def has_snapshots(run_dir: Path) -> bool:
     return snaps.is_dir() and any(p.suffix in (".caffemodel", ".solverstate") for p in snaps.iterdir())
 
 
+def foreign_files(run_dir: Path, names: list[str]) -> list[str]:
+    """Those of `names` in `run_dir` that gen did not write as they are now (its treatment.json
+    records each file's digest): the user's own files or edits, which writing the folder again
+    would lose."""
+    run_dir = Path(run_dir)
+    try:
+        files = json.loads((run_dir / DESCRIPTION).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        files = {}
+
+    def theirs(name: str) -> bool:
+        return not files if name == DESCRIPTION else files.get(name) != file_digest(run_dir / name)
+
+    return [name for name in names if (run_dir / name).exists() and theirs(name)]
+
+
 def script_values(treatment: Treatment, max_iter: int, fingerprint: Fingerprint, base_weights: Path | None,
                   base_given: bool) -> dict:
     """What run.sh prints, resolved here so that the script holds values and no rules of its own.
@@ -84,7 +112,8 @@ def script_values(treatment: Treatment, max_iter: int, fingerprint: Fingerprint,
     else from the final snapshot the base's own run.sh names (`base_weights` if it has none)."""
     prefix = snapshot_prefix(treatment.name)
     base = treatment.base
-    return {"name": treatment.name, "description": treatment.describe(), "fingerprint": str(fingerprint),
+    return {"name": treatment.name, "description": treatment.describe(), "fingerprint": fingerprint,
+            "net": NET, "solver": SOLVER,
             "final": snapshot_file(prefix, max_iter), "final_stem": snapshot_file(prefix, max_iter, ""),
             "log": LOG, "lock": LOCK, "status": STATUS, "record": RECORD,
             "init": INIT if treatment.kind in (Kind.TRANSFER, Kind.RANDOM) else None,
@@ -140,7 +169,10 @@ class Run:
 
     @property
     def fingerprint(self) -> Fingerprint:
-        return Fingerprint.parse(self.description["fingerprint"])
+        """gen's fingerprint with the net and solver as Caffe reads them now: a file edited by
+        hand makes another version of the run, whose snapshots and init are not this one's."""
+        made = Fingerprint.parse(self.description["fingerprint"])
+        return replace(made, net=file_digest(self.dir / NET), solver=file_digest(self.dir / SOLVER))
 
     def roles(self) -> list[LayerRole]:
         """What the treatment model says of each weight layer of this run's architecture."""
@@ -203,9 +235,10 @@ class Run:
         """The newest snapshot Caffe can resume from, or None (the rule run.sh follows too); it
         is this version's unless `stale` says otherwise.
 
-        A state Caffe cannot read is passed over as well. One whose `learned_net` points
-        elsewhere (a run folder that was moved, an absolute snapshot prefix) is repointed at the
-        .caffemodel beside it, because Caffe opens that path relative to its working directory."""
+        A state Caffe cannot read, or a .caffemodel cut short, is passed over as well. One whose
+        `learned_net` points elsewhere (a run folder that was moved, an absolute snapshot prefix)
+        is repointed at the .caffemodel beside it, because Caffe opens that path relative to its
+        working directory."""
         pb2 = caffe_pb2()
         for snap in reversed(self.snapshots()):
             state = pb2.SolverState()
@@ -213,7 +246,7 @@ class Run:
                 state.ParseFromString(snap.state.read_bytes())
             except DecodeError:
                 continue
-            if state.iter != snap.iteration:
+            if state.iter != snap.iteration or not _whole(snap.model):
                 continue
             wanted = str(snap.model.relative_to(self.dir))
             if state.learned_net != wanted and not (self.dir / state.learned_net).is_file():
@@ -229,6 +262,26 @@ class Run:
         return (f"{self.dir}: {snap.state.name} was made for another version of this run folder "
                 f"({self.fingerprint.changes(snap.fingerprint)}): move {SNAPSHOT_DIR}/ and {LOG} aside "
                 f"to train afresh, or gen it again as it was")
+
+    def unrecorded(self, snap: Snapshot | None) -> str | None:
+        """Why training on from `snap` (or afresh) would overwrite whole snapshots that train.log
+        does not mention (it was deleted, emptied or cut), in one line with the way out; or None."""
+        prefix = self.dir / self.snapshot_prefix
+        said = frozenset()
+        if self.log.is_file():
+            stat = self.log.stat()
+            said = mentioned(self.log, stat.st_size, stat.st_mtime_ns)
+        pattern = re.compile(rf"{re.escape(prefix.name)}_iter_(\d+)\.(?:caffemodel|solverstate)")
+        after = snap.iteration if snap else 0
+        found = sorted({int(m[1]) for p in (prefix.parent.iterdir() if prefix.parent.is_dir() else ())
+                        if (m := pattern.fullmatch(p.name)) and int(m[1]) > after})
+        for iteration in found:
+            files = [snapshot_file(self.snapshot_prefix, iteration, suffix) for suffix in (".caffemodel", ".solverstate")]
+            if not said.intersection(files) and any(_whole(self.dir / f) for f in files):
+                return (f"{self.dir}: {files[0]} is a snapshot that {LOG} does not record, and training "
+                        f"{f'on from iteration {after}' if snap else 'afresh'} would overwrite it: move "
+                        f"{SNAPSHOT_DIR}/ aside (or put back the {LOG} that wrote it)")
+        return None
 
     @property
     def finished(self) -> bool:
@@ -248,15 +301,31 @@ class Run:
         made_for = Fingerprint.parse(record.get("fingerprint") or "")
         if made_for != self.fingerprint:
             return f"{INIT} was made for another version of this folder ({self.fingerprint.changes(made_for)})"
-        if self.treatment.kind is Kind.TRANSFER and not (self.description["base_weights_given"]
-                                                          or record.get("base_chosen")):
-            try:
-                base = str(self.base_weights())
-            except CaffeTransferError:
-                return None  # the base is gone or stale now; the init was made from it when it was right
-            if record.get("base") != base:
-                return f"{INIT} was made from {record.get('base')}, and the base is now {base}"
+        if self.treatment.kind is not Kind.TRANSFER or record.get("base_chosen"):
+            return None
+        try:
+            base = self.base_weights()
+        except CaffeTransferError:
+            if self.description["base_weights_given"] or not (self.base_dir / DESCRIPTION).is_file():
+                return None  # the base is gone; the init was made from it when it was there
+            return f"its base {self.treatment.base.name} has no final snapshot of this version now"
+        if record.get("base") != str(base) and not self.description["base_weights_given"]:
+            return f"{INIT} was made from {record.get('base')}, and the base is now {base}"
+        if record.get("base_sha256") not in (None, sha256(base)):
+            return f"{INIT} was made from {base} as it was before: it has changed since"
         return None
+
+    def init_replaced(self) -> str | None:
+        """Why init.caffemodel is not the file transplant wrote (its sha256 in transplant.json),
+        in one line with the way out; or None. It may be the user's: it is never written over."""
+        try:
+            wanted = json.loads((self.dir / RECORD).read_text()).get("init_sha256")
+        except (OSError, ValueError, AttributeError):
+            return None
+        if wanted is None or not self.init_weights.is_file() or sha256(self.init_weights) == wanted:
+            return None
+        return (f"{self.init_weights} is not the file transplant wrote ({RECORD} records another sha256): "
+                f"transplant again (caffe-transfer transplant {self.dir}), or move it and {RECORD} aside")
 
     # --- state --------------------------------------------------------------------------------
     def state(self) -> tuple[State, str]:
@@ -265,8 +334,9 @@ class Run:
         if held_by:
             return State.RUNNING, held_by
         snap = self.resume_state()
-        if self.stale(snap):
-            return State.FAILED, self.stale(snap)
+        problem = self.stale(snap) or self.unrecorded(snap)
+        if problem:
+            return State.FAILED, problem
         if snap and snap.iteration >= self.max_iter:
             return State.DONE, ""
         try:
@@ -320,3 +390,43 @@ class Run:
 
 def _filled(path: Path) -> bool:
     return path.is_file() and path.stat().st_size > 0
+
+
+_FIXED = {1: 8, 5: 4}  # protobuf wire types of fixed size: their bytes
+
+
+def _whole(path: Path) -> bool:
+    """The file ends where its last top-level protobuf field ends. A .caffemodel or .solverstate
+    cut short (a kill, a full disk) ends inside one, as its layers are length-delimited; this
+    reads the field keys only, never the weights."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            at = 0
+            while at < size:
+                wire = _varint(f) & 7
+                if wire == 0:  # the value is the field
+                    _varint(f)
+                    skip = 0
+                elif wire == 2:
+                    skip = _varint(f)  # a length, then that many bytes
+                elif wire in _FIXED:
+                    skip = _FIXED[wire]
+                else:
+                    return False
+                at = f.seek(skip, 1)
+        return 0 < size == at
+    except (OSError, EOFError):
+        return False
+
+
+def _varint(f) -> int:
+    value = shift = 0
+    while True:
+        byte = f.read(1)
+        if not byte:
+            raise EOFError
+        value |= (byte[0] & 0x7F) << shift
+        shift += 7
+        if byte[0] < 0x80:
+            return value

@@ -2,8 +2,9 @@
 
 `render_run` turns a treatment and an architecture into plain data (layers with their blobs,
 `param` multipliers and include phases; the solver values) and the Jinja2 templates in
-`templates/` only print it. `write_run` writes a folder atomically and refuses to touch one that
-already holds snapshots unless forced.
+`templates/` only print it. `write_runs` writes a folder atomically and refuses to touch one that
+already holds snapshots, or files gen did not write (treatment.json records the digest of each
+file it wrote), unless forced; forced, it keeps the snapshots, which then refuse to resume.
 
 A run folder holds `train_val.prototxt`, `solver.prototxt`, `deploy.prototxt` and
 `treatment.json`. Caffe runs with the run folder as its working directory, so the solver names the
@@ -37,12 +38,13 @@ from caffe_transfer.model.treatments import Kind, Treatment, authors_grid
 from caffe_transfer.runs import folder
 from caffe_transfer.runs.folder import (
     SNAPSHOT_DIR,
+    foreign_files,
     has_snapshots,
     snapshot_file,
     snapshot_prefix,
 )
 from caffe_transfer.runs.lock import holder
-from caffe_transfer.runs.records import NET, SOLVER, Fingerprint
+from caffe_transfer.runs.records import NET, SOLVER, Fingerprint, digest
 
 TRAINABLE = [{"lr_mult": 1, "decay_mult": 1}, {"lr_mult": 2, "decay_mult": 0}]
 FROZEN = [{"lr_mult": 0, "decay_mult": 0}, {"lr_mult": 0, "decay_mult": 0}]
@@ -255,18 +257,17 @@ def render_run(treatment: Treatment, options: GenOptions, out_dir: Path) -> dict
     }
     script = folder.script_values(treatment, solver["max_iter"], fingerprint, base_weights,
                                   options.base_weights is not None)
-    return {
-        "run.sh": env.get_template("run.sh.j2").render(**script, **common),
-        **files,
-        folder.DESCRIPTION: json.dumps(description, indent=2) + "\n",
-    }
+    files["run.sh"] = env.get_template("run.sh.j2").render(**script, **common)
+    description["files"] = {name: digest(text) for name, text in files.items()}  # what is gen's to rewrite
+    return {**files, folder.DESCRIPTION: json.dumps(description, indent=2) + "\n"}
 
 
 def write_runs(runs: dict[Path, Treatment], options: GenOptions, force: bool = False) -> list[Path]:
     """Write each run folder. Everything is rendered and checked (each prototxt parsed by
     Caffe's own caffe_pb2) before the first file is written, so a bad option, a broken template
     or a protected folder leaves the disk as it was. A folder a trainer holds is never rewritten
-    under it."""
+    under it; `force` overwrites snapshots' folders and files gen did not write (or that were
+    edited since), keeping the snapshots."""
     rendered = {}
     for out_dir, treatment in runs.items():
         held_by = holder(out_dir)
@@ -276,6 +277,10 @@ def write_runs(runs: dict[Path, Treatment], options: GenOptions, force: bool = F
             raise CaffeTransferError(
                 f"{out_dir} already holds snapshots of a run: refusing to overwrite it (use --force)")
         rendered[Path(out_dir)] = files = render_run(treatment, options, out_dir)
+        foreign = [] if force else foreign_files(out_dir, list(files))
+        if foreign:
+            raise CaffeTransferError(f"{Path(out_dir) / foreign[0]} was not written by gen, or was edited since: "
+                                     "refusing to overwrite it (use --force)")
         for name, message in PROTOTXTS.items():  # a misspelt template field fails here, not in caffe train
             parse_text(files[name], getattr(caffe_pb2(), message)(), f"{Path(out_dir) / name} as rendered")
     for out_dir, files in rendered.items():

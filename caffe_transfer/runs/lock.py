@@ -1,4 +1,5 @@
-"""One process at a time in a run folder: an exclusive `flock` on `RUN/.lock`.
+"""One process at a time in a run folder (and one `run-all` per plan folder): an exclusive
+`flock` on `FOLDER/.lock`.
 
 The lock belongs to the open file, not to a process, so the Caffe child inherits it (its fd is
 passed on) and the lock lasts as long as Caffe does, even when the trainer is gone; the kernel

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from caffe_transfer.common.atomic import write_atomic
 from caffe_transfer.common.errors import CaffeTransferError
+from caffe_transfer.runs.records import session_runs
 
 TOP_K = 10
 STUB_BYTES = 200
@@ -247,9 +248,16 @@ def read_logs(paths: list[str | Path], train: bool = True) -> LogTables:
     return merge([parse_file(p, train=train) for p in paths])
 
 
-def read_run(run_dir: str | Path, train: bool = True) -> LogTables:
-    tables = read_logs(log_files(run_dir), train=train)
-    if not tables.files:
+def read_run(run_dir: str | Path, train: bool = True, name: str | None = None) -> LogTables:
+    """The merged tables of a run folder's logs; with `name` (the run's), a log whose session
+    headers name another run is left out as unreadable (a log copied from another folder)."""
+    files, foreign = log_files(run_dir), {}
+    if name:
+        foreign = {p: others for p in files if (others := session_runs(p) - {name})}
+    tables = read_logs([p for p in files if p not in foreign], train=train)
+    tables.problems += [f"{p.name}: unreadable: a log of {', '.join(sorted(others))}, not of {name}"
+                        for p, others in foreign.items()]
+    if not files:
         tables.problems.append(f"{Path(run_dir).name}: no log files")
     return tables
 

@@ -23,6 +23,7 @@ STATE_WRITTEN = "Snapshotting solver state to binary proto file "  # Caffe, befo
 _STATE_LINE = re.compile(rb"Snapshotting solver state to binary proto file (\S+)_iter_(\d+)\.solverstate")
 _GLOG = re.compile(rb"[IWEF](\d{4})?\d{4} ")  # a line of Caffe's: severity, [year,] month, day
 _FINGERPRINT = re.compile(rb"fingerprint (treatment=\S+ net=\S+ solver=\S+ base=\S+)")
+_SNAPSHOT_LINE = re.compile(rb"Snapshotting (?:solver state )?to binary proto file (\S+)")
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class Fingerprint:
 
     @classmethod
     def of(cls, treatment: str, net: str, solver: str, base_weights: str | Path | None) -> Fingerprint:
-        return cls(treatment, _digest(net), _digest(solver), _digest(str(base_weights)) if base_weights else "none")
+        return cls(treatment, digest(net), digest(solver), digest(str(base_weights)) if base_weights else "none")
 
     @classmethod
     def parse(cls, text: str) -> Fingerprint | None:
@@ -56,8 +57,48 @@ class Fingerprint:
                          if getattr(self, f.name) != getattr(since, f.name))
 
 
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+def digest(data: str | bytes) -> str:
+    """The first 12 hex digits of the sha256 of `data` (text as UTF-8)."""
+    return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()[:12]
+
+
+def file_digest(path: Path) -> str:
+    """The digest of a file as it is now ('missing' when there is none): gen's text once written."""
+    try:
+        return digest(Path(path).read_bytes())
+    except FileNotFoundError:
+        return "missing"
+
+
+def sha256(path: Path) -> str:
+    """The whole sha256 of a file, once per version of it in a process (base weights are large)."""
+    stat = Path(path).stat()
+    return _sha256(Path(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _sha256(path: Path, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def session_runs(log: Path) -> set[str]:
+    """The runs (treatment names) whose sessions' header lines are in a log: a log copied from
+    another run folder names that run."""
+    with open(log, "rb") as f:
+        return {fingerprint.treatment for line in f if line.startswith(SESSION.encode())
+                and (m := _FINGERPRINT.search(line)) and (fingerprint := Fingerprint.parse(m[1].decode()))}
+
+
+@functools.lru_cache(maxsize=1024)
+def mentioned(log: Path, size: int, mtime_ns: int) -> frozenset[str]:
+    """Every snapshot file train.log says Caffe began to write (as Caffe names it), whole or cut:
+    the files on disk that a record explains."""
+    with open(log, "rb") as f:
+        return frozenset(m[1].decode(errors="replace") for line in f if (m := _SNAPSHOT_LINE.search(line)))
 
 
 @functools.lru_cache(maxsize=1024)

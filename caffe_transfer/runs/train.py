@@ -3,11 +3,12 @@
 The run folder (`folder.py`) says where a session begins: from its newest snapshot (never
 `-snapshot` with `-weights`, which Caffe refuses), else from the weights `transplant` wrote
 (transfers and random-frozen nets; made on the spot when missing, and made again when they were
-made for another version of the folder, with a note saying so), else from the filler init.
-Snapshots of another version are refused. The trainer holds the folder's lock and hands it to
-Caffe, which runs in the run folder in a process group of its own, its log appended to
-`train.log` line by line, with a progress bar of iteration, loss, latest val accuracy and time
-left. SIGINT, SIGTERM or SIGHUP to the trainer (or to its process group, which Caffe is not in)
+made for another version of the folder or from a base that changed since, with a note saying
+so), else from the filler init. Snapshots of another version, or snapshots on disk that train.log
+does not record, are refused; a newest snapshot that cannot be read is passed over, with a note.
+The trainer holds the folder's lock and hands it to Caffe, which runs in the run folder in a
+process group of its own, its log appended to `train.log` line by line, with a progress bar of
+iteration, loss, latest val accuracy and time left. SIGINT, SIGTERM or SIGHUP to the trainer (or to its process group, which Caffe is not in)
 becomes Caffe's own SIGINT, on which it snapshots and stops; a SIGKILL of the trainer takes Caffe
 with it, and the next start resumes from the last snapshot.
 """
@@ -66,23 +67,29 @@ def start(run: Run) -> Start:
     """Where the next session of `run` begins; makes the transplant a transfer needs first.
     The caller holds the run folder."""
     resume = run.resume_state()
-    stale = run.stale(resume)
-    if stale:
-        raise CaffeTransferError(stale)
+    problem = run.stale(resume) or run.unrecorded(resume)
+    if problem:
+        raise CaffeTransferError(problem)
+    run.snapshot(0).parent.mkdir(parents=True, exist_ok=True)  # Caffe writes there, and makes no folder
+    written = run.snapshots()
+    passed = f"{run.name}: {written[-1].state.name} or its .caffemodel is cut short or unreadable: passed over" \
+        if written and written[-1] != resume else ""
     if resume:
         return Start(["-snapshot", str(resume.state.relative_to(run.dir))], resume.iteration,
-                     f"resuming from {resume.state.name}")
+                     f"resuming from {resume.state.name}", passed)
     if run.treatment.kind in (Kind.TRANSFER, Kind.RANDOM):
+        if replaced := run.init_replaced():
+            raise CaffeTransferError(replaced)
         problem = run.init_problem()
-        note = ""
+        note = passed
         if problem:
             from caffe_transfer.runs.transplant import make_init
 
             make_init(run, None, run.init_weights, None)
             if problem != f"no {INIT}":
-                note = f"{run.name}: {problem}: transplanted again"
+                note = "; ".join(filter(None, (note, f"{run.name}: {problem}: transplanted again")))
         return Start(["-weights", run.init_weights.name], 0, f"starting from {run.init_weights.name}", note)
-    return Start([], 0, "starting from the filler init")
+    return Start([], 0, "starting from the filler init", passed)
 
 
 def command(run: Run, begin: Start, gpu: int | None = None) -> list[str]:
@@ -144,7 +151,8 @@ def _session(run: Run, begin: Start, cmd: list[str], env: dict, lock: Lock, prog
              on_end) -> TrainResult:
     """One `caffe train` process, from start to exit; it inherits the folder's lock."""
     started = time.monotonic()
-    with open(run.log, "ab") as log:
+    with open(run.log, "a+b") as log:
+        _end_line(log)
         what = f"{begin.what}{' (' + begin.note + ')' if begin.note else ''}"
         log.write(f"{run.session_line(BY, what, ' '.join(cmd))}\n".encode())
         log.flush()
@@ -171,6 +179,15 @@ def _session(run: Run, begin: Start, cmd: list[str], env: dict, lock: Lock, prog
     if not run.finished:
         raise CaffeTransferError(f"caffe train of {run.name} ended without {run.final_model}: see {run.log}")
     return TrainResult(run, State.DONE, begin.iteration, run.max_iter, seconds)
+
+
+def _end_line(log) -> None:
+    """End the last line of a log cut mid-line, so the session header starts a line of its own
+    (else it is not read as one, and the snapshots of its session have no fingerprint)."""
+    if log.seek(0, os.SEEK_END):
+        log.seek(-1, os.SEEK_END)
+        if log.read(1) != b"\n":
+            log.write(b"\n")
 
 
 @dataclass

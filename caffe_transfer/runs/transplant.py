@@ -86,15 +86,17 @@ class Transplant:
 
 
 def transplant(run_dir: str | Path, base: str | Path | None = None, out: str | Path | None = None,
-               seed: int | None = None) -> Transplant:
+               seed: int | None = None, force: bool = False) -> Transplant:
     """Write the initial weights of a transfer (or random-frozen) run and its `transplant.json`.
 
     `base` defaults to the base run's final snapshot. Nothing is written unless every copied layer
     is found in the base with the right shape and survives the save bit for bit. The run's own
     init is written under the folder's lock, and never once the run has trained from it; weights
-    written elsewhere (`out`) get their record beside them (`<out>.json`)."""
+    written elsewhere (`out`) get their record beside them (`<out>.json`), and never over an input
+    or (unless `force`) over files transplant did not write."""
     run = Run.load(run_dir)
     out = Path(out).resolve() if out else run.init_weights
+    _check_out(run, base, out, force)
     if out != run.init_weights:
         return make_init(run, base, out, seed)
     with run.lock("caffe-transfer transplant"):
@@ -104,6 +106,30 @@ def transplant(run_dir: str | Path, base: str | Path | None = None, out: str | P
                 f"{run.dir} has trained from its {run.init_weights.name} already ({trained.state.name}): a new "
                 f"init would not be what its snapshots started from; move snapshots/ and train.log aside first")
         return make_init(run, base, out, seed)
+
+
+def _check_out(run: Run, base: str | Path | None, out: Path, force: bool) -> None:
+    """Refuse an `out` that is one of transplant's inputs, or a file (or record beside it) that
+    transplant did not write: its record names it."""
+    inputs = [run.dir / DEPLOY]
+    if run.treatment.kind is Kind.TRANSFER:  # make_init refuses a base for the others
+        try:
+            inputs.append(Path(base) if base else run.base_weights())
+        except CaffeTransferError:
+            pass  # make_init says why there is no base
+    record = run.dir / RECORD if out == run.init_weights else out.with_name(f"{out.name}.json")
+    for path in (out, record):
+        if path.resolve() in {p.resolve() for p in inputs}:
+            raise CaffeTransferError(f"--out {out}: {path} is an input of this transplant: choose another file")
+    if force or out == run.init_weights:
+        return
+    try:
+        ours = json.loads(record.read_text()).get("init") == str(out)
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if not ours and (out.exists() or record.exists()):
+        raise CaffeTransferError(f"--out {out}: {out if out.exists() else record} was not written by transplant: "
+                                 "refusing to overwrite it (use --force)")
 
 
 def make_init(run: Run, base: str | Path | None, out: Path, seed: int | None) -> Transplant:
@@ -137,6 +163,7 @@ def make_init(run: Run, base: str | Path | None, out: Path, seed: int | None) ->
     tmp = out.with_name(f".{out.name}.tmp")
     try:
         _check_reload(tmp, net.save(tmp), copies, net.params)
+        record["init_sha256"] = hashlib.sha256(tmp.read_bytes()).hexdigest()  # the file train starts from
         # the record first: training takes an existing init as done, so it must never lack one
         write_atomic(record_path, json.dumps(record, indent=2) + "\n")
         tmp.replace(out)

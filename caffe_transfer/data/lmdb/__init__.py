@@ -18,5 +18,7 @@ OUT_DIR/warnings.txt, OUT_DIR/COMPLETE.
 from caffe_transfer.data.lmdb.datum import datum_parts, read_mean
 from caffe_transfer.data.lmdb.decode import BuildOptions, init_decoder, load_image
 from caffe_transfer.data.lmdb.make import BuildResult, Dataset, build, build_many, order
+from caffe_transfer.data.lmdb.target import refuse_foreign
 
-__all__ = ["BuildOptions", "BuildResult", "Dataset", "build", "build_many", "datum_parts", "init_decoder", "load_image", "order", "read_mean"]
+__all__ = ["BuildOptions", "BuildResult", "Dataset", "build", "build_many", "datum_parts", "init_decoder", "load_image",
+           "order", "read_mean", "refuse_foreign"]

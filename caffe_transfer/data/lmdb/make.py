@@ -6,7 +6,9 @@ that list says, keyed by its position in that list's own shuffle: each LMDB is t
 writes for its list alone. The pass goes through the images grouped by the set of LMDBs that hold
 them (so that a chunk's pixel sum belongs to the same means), in each group in the order of the
 first LMDB's shuffle (so that a single build appends in key order). Each LMDB keeps its progress
-in that order (see `writer`), so a killed pass, run again as it was, resumes.
+in that order (see `writer`), so a killed pass, run again as it was, resumes. A pass that could
+not read more than 1% of a list's images (a wrong image root, say) or any image of one of its
+classes is no build: nothing is marked complete, and the next run tries every image again.
 """
 
 from __future__ import annotations
@@ -134,7 +136,7 @@ def build_many(groups: list[tuple[Path, list[Dataset]]], options: BuildOptions =
     for root, _ in groups:
         if not Path(root).is_dir():
             raise CaffeTransferError(f"image root {root} does not exist")
-    passes = [(Path(root), [_target(d, options) for d in datasets]) for root, datasets in groups]
+    passes = [(Path(root), [_target(d, options, Path(root)) for d in datasets]) for root, datasets in groups]
     everyone = [t for _, targets in passes for t in targets]
     dirs = [t.out_dir.resolve() for t in everyone]
     if len(set(dirs)) < len(dirs):
@@ -182,9 +184,32 @@ def _full(folder: Path) -> bool:
     return stat.f_bavail * stat.f_frsize < FULL_BELOW
 
 
-def _target(dataset: Dataset, options: BuildOptions) -> Target:
+def _target(dataset: Dataset, options: BuildOptions, root: Path) -> Target:
     entries = read_list(dataset.list_file, listed_classes(dataset.list_file))
-    return Target(dataset.list_file, Path(dataset.out_dir), entries, settings(dataset.list_file, entries, options))
+    return Target(dataset.list_file, Path(dataset.out_dir), entries,
+                  settings(dataset.list_file, entries, options, root))
+
+
+SKIPPED_SHARE, SKIPPED_ALWAYS = 0.01, 10  # unreadable images a complete build may have: 1%, or 10 of a small list
+
+
+def shortfall(target: Target) -> str | None:
+    """Why a pass over all of its list is no complete build of it (said on one line), or None:
+    more images skipped than SKIPPED_SHARE of the list (and than SKIPPED_ALWAYS), as with a wrong
+    image root, or a class with images listed and none written, which would train without it."""
+    state, listed = target.state, len(target.entries)
+    if not state.count:
+        first = state.skipped[0]
+        return f"none of the {listed} images of {target.list_file} could be read (the first: {first[0]}: {first[1]})"
+    if len(state.skipped) > max(SKIPPED_SHARE * listed, SKIPPED_ALWAYS):
+        return (f"{len(state.skipped)} of the {listed} images of {target.list_file} could not be read, more than "
+                f"{SKIPPED_SHARE:.0%}")
+    skipped = {path for path, _ in state.skipped}
+    emptied = sorted({label for _, label in target.entries} - {label for path, label in target.entries
+                                                                if path not in skipped})
+    if emptied:
+        return f"class {emptied[0]} of {target.list_file} lost every one of its images ({len(emptied)} such classes)"
+    return None
 
 
 def _run(todo: list[tuple[Path, list[Target]]], options: BuildOptions, force: bool, progress: bool,
@@ -201,7 +226,7 @@ def _run(todo: list[tuple[Path, list[Target]]], options: BuildOptions, force: bo
         bar = progress_bar(sum(len(u) for u in unions), names[0] if len(names) == 1 else f"{len(names)} datasets",
                            unit="img")
     try:
-        empty = []
+        short = []
         for (root, targets), union in zip(todo, unions):
             start = time.perf_counter()
             begun = min(t.state.next for t in targets)
@@ -209,8 +234,9 @@ def _run(todo: list[tuple[Path, list[Target]]], options: BuildOptions, force: bo
                 bar.update(begun)
             _fill(root, targets, union, begun, options, bar)
             for target in targets:
-                if not target.state.count:
-                    empty.append(target)
+                why = shortfall(target)
+                if why:
+                    short.append((target, why))
                     target.discard()
                     continue
                 has_mean = target.finish()
@@ -221,12 +247,12 @@ def _run(todo: list[tuple[Path, list[Target]]], options: BuildOptions, force: bo
     finally:
         if bar:
             bar.close()
-    if empty:
-        first = empty[0].state.skipped[0]
+    if short:
+        target, why = short[0]
         raise CaffeTransferError(
-            f"none of the {len(empty[0].entries)} images of {empty[0].list_file} could be read (the first: "
-            f"{first[0]}: {first[1]})" + (f", nor of {len(empty) - 1} more lists" if len(empty) > 1 else "")
-            + f"; nothing was marked complete (see {empty[0].out_dir / 'skipped.txt'}): check the image root")
+            why + (f" (and {len(short) - 1} more lists fell short)" if len(short) > 1 else "")
+            + f"; nothing was marked complete (see {target.out_dir / 'skipped.txt'}): check the image root, "
+            "then run again: every image is tried again")
 
 
 def _fill(root: Path, targets: list[Target], union: Union, start: int, options: BuildOptions, bar) -> None:

@@ -44,14 +44,16 @@ def _close_held_locks() -> None:
 
 
 os.register_at_fork(after_in_child=_close_held_locks)
-_OPTION_NAMES = {"list_sha256": "list contents", "resize": "--resize", "gray": "--gray", "encoded": "--encoded",
+_OPTION_NAMES = {"image_root": "image root", "list_sha256": "list contents", "resize": "--resize", "gray": "--gray", "encoded": "--encoded",
                  "shuffle": "--no-shuffle", "seed": "--seed", "entries": "images listed", "list": "list"}
 
 
-def settings(list_file: Path, entries: list[tuple[str, int]], options: BuildOptions) -> dict:
-    """What decides an LMDB's contents: its list (by path and by contents) and the options."""
+def settings(list_file: Path, entries: list[tuple[str, int]], options: BuildOptions, root: Path) -> dict:
+    """What decides an LMDB's contents: its list (by path and by contents), the image root its
+    paths are read under, and the options."""
     text = "".join(f"{path} {label}\n" for path, label in entries)
-    return {"list": str(Path(list_file).resolve()), "list_sha256": hashlib.sha256(text.encode()).hexdigest(),
+    return {"list": str(Path(list_file).resolve()), "image_root": str(Path(root).resolve()),
+            "list_sha256": hashlib.sha256(text.encode()).hexdigest(),
             "entries": len(entries), "resize": options.resize, "shuffle": options.shuffle, "seed": options.seed,
             "encoded": options.encoded, "gray": options.gray}
 
@@ -61,6 +63,31 @@ def difference(had: dict, wanted: dict) -> str:
     none does. Builds of older versions recorded fewer: what they did not record is not compared."""
     return "; ".join(f"{_OPTION_NAMES.get(k, k)} {had[k]}, not {wanted[k]}" for k in wanted
                      if k in had and had[k] != wanted[k])
+
+
+def refuse_foreign(out_dir: Path) -> None:
+    """An error when OUT_DIR holds an LMDB, finished or half-built, that make-lmdb did not write:
+    asked before anything is written (prepare asks before its lists)."""
+    final, partial = Path(out_dir) / "lmdb", Path(out_dir) / "lmdb.partial"
+    if final.exists() and not _ours(final, Path(out_dir) / "COMPLETE"):
+        foreign = final
+    elif partial.exists() and not ((partial / SETTINGS).is_file() or not any(partial.iterdir())):
+        foreign = partial
+    else:
+        return
+    raise CaffeTransferError(f"{foreign} was not written by make-lmdb (it has no {SETTINGS}): "
+                             "move it away or choose another OUT_DIR; it is never deleted")
+
+
+def _ours(final: Path, complete: Path) -> bool:
+    """Whether a finished LMDB is make-lmdb's: its settings file, or COMPLETE as make-lmdb writes it
+    (builds before the settings file stayed in the LMDB)."""
+    if (final / SETTINGS).is_file():
+        return True
+    try:
+        return "written" in json.loads(complete.read_text())
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 @dataclass
@@ -95,11 +122,9 @@ class Target:
     def finished(self, force: bool) -> dict | None:
         """COMPLETE's record when OUT_DIR holds this very LMDB, finished (and not forced again);
         an error when it holds another."""
+        refuse_foreign(self.out_dir)
         if not self.final.exists():
             return None
-        if not self.ours():
-            raise CaffeTransferError(f"{self.final} was not written by make-lmdb (it has no {SETTINGS}): "
-                                     "move it away or choose another OUT_DIR; it is never deleted")
         if force or not self.complete.is_file():
             return None
         try:
@@ -110,16 +135,6 @@ class Target:
             raise CaffeTransferError(f"{self.final} was built with other settings ({difference(record, self.settings)})"
                                      ": --force rebuilds it, or choose another OUT_DIR")
         return record
-
-    def ours(self) -> bool:
-        """Whether OUT_DIR/lmdb is make-lmdb's: its settings file, or COMPLETE as make-lmdb writes it
-        (builds before the settings file stayed in the LMDB)."""
-        if (self.final / SETTINGS).is_file():
-            return True
-        try:
-            return "written" in json.loads(self.complete.read_text())
-        except (OSError, ValueError, TypeError):
-            return False
 
     def lock(self) -> None:
         """Hold OUT_DIR's lock for the life of this build, or fail on one line."""
@@ -145,11 +160,8 @@ class Target:
     def open(self, force: bool) -> None:
         """Open (or start) OUT_DIR/lmdb.partial of these settings and its progress."""
         partial, settings_file = self.partial, self.partial / SETTINGS
+        refuse_foreign(self.out_dir)
         if partial.exists():
-            ours = settings_file.is_file() or not any(partial.iterdir())
-            if not ours:
-                raise CaffeTransferError(f"{partial} was not written by make-lmdb (it has no {SETTINGS}): "
-                                         "move it away or choose another OUT_DIR; it is never deleted")
             had = json.loads(settings_file.read_text()) if settings_file.is_file() else self.settings
             if difference(had, self.settings) and not force:
                 raise CaffeTransferError(f"{partial} is a build with other settings ({difference(had, self.settings)})"
@@ -195,8 +207,8 @@ class Target:
             os.close(fd)
 
     def discard(self) -> None:
-        """Remove a partial LMDB that holds no image (every one was skipped): nothing to resume;
-        skipped.txt says why."""
+        """Remove a partial LMDB that fell short of its list (`make.shortfall`): the next run
+        starts it again, trying every image; skipped.txt says what could not be read."""
         self.close()
         shutil.rmtree(self.partial)
         write_atomic(self.out_dir / "skipped.txt", "".join(f"{path}\t{text}\n" for path, text in self.state.skipped))
