@@ -6,11 +6,13 @@ figures (verdicts, nets per GPU, the grid's price, the goals).
   time     `caffe time` of the base net at its training batch, fed from memory, per engine
   rates    each net alone, through Caffe's DataLayer and fed from memory (constant DummyData, the
            GPU's compute limit): a base, frozen transfers at a low and a high n, a fine-tuned
-           transfer, seeded by `transplant` from the base; each net's memory; frozen layers
-           bit-identical after training, and the loss falls
+           transfer, seeded by `transplant` from the base (in a dry run one of them by the caffe
+           tool, CAFFE_TRANSFER_FILL=caffe: a GPU node's Python often has no pycaffe); each net's
+           memory; frozen layers bit-identical after training, and the loss falls
   alone    the DataLayer with nothing behind it, at CAFFE_DATA_THREADS 0 (stock) and the default
   packing  1, 2 and 4 bases, and frozen transfers, at once on the one GPU; nets per GPU recommended
-  price    the grid's GPU-hours from the measured rates, at one net per GPU and the recommended N
+  price    the grid priced by `plan --rates`'s owner (grid/rates.py) from the gpu_check.json just
+           written: GPU-hours and wall-clock, at one net per GPU and the recommended N
   agree    one SGD step of the small net (no dropout) on the GPU and on the CPU, each engine
   torch    the same CaffeNet in PyTorch, if torch imports and sees a GPU
 
@@ -35,15 +37,16 @@ from google.protobuf import text_format
 
 from caffe_transfer.common import caffe_env, protos
 from caffe_transfer.common.atomic import write_atomic
-from caffe_transfer.common.errors import CaffeTransferError
 from caffe_transfer.data.lmdb.datum import datum_parts, write_mean
+from caffe_transfer.grid.rates import rate_kind
 from caffe_transfer.model.architectures import architecture
 from caffe_transfer.model.treatments import parse
 from caffe_transfer.runs import gen
 from caffe_transfer.runs.folder import SNAPSHOT_DIR, snapshot_file, snapshot_prefix
 from caffe_transfer.runs.logs import parse_file
+from caffe_transfer.runs.transplant import transplant
 
-from gpu_check_report import PACKED, PACKINGS, goals, grid_price, price_kind, rates_json, recommend, summary  # tools/
+from gpu_check_report import PACKED, PACKINGS, goals, grid_price, rates_json, recommend, summary  # tools/
 
 # Sized for the 8-minute budget on a fresh 16-core GPU machine, build included (docs/gpu.md).
 REAL = {"arch": "caffenet", "images": 1024, "iter": 60, "display": 10, "time_iter": 10}
@@ -51,6 +54,7 @@ DRY = {"arch": "small", "images": 128, "iter": 20, "display": 5, "time_iter": 2}
 CLASSES = 10
 BASE = PACKED["base"]  # measured first: its snapshot seeds the transfers
 TRANSFERS = (PACKED["frozen"], "transfer0A0B_1_5", "transfer-ft0A0B_1_3")  # frozen low n, high n, fine-tuned
+TOOL_FILLED = "transfer0A0B_1_5"  # in a dry run seeded through the caffe tool, as where pycaffe does not import
 AGREE_TOLERANCE = {"caffe": 1e-4, "cudnn": 1e-2}  # of the step's size; cuDNN may use TF32 on Ampere+
 _TIME = re.compile(r"\]\s+(?P<layer>\S+)\s+(?P<pass>forward|backward): (?P<ms>[0-9.]+) ms\.")
 _AVERAGE = re.compile(r"Average (?P<what>Forward pass|Backward pass|Forward-Backward): (?P<ms>[0-9.]+) ms\.")
@@ -220,25 +224,27 @@ def time_net(cfg: dict, data: Path, out: Path, engine: str, gpu: bool) -> dict:
             "iteration_ms": average.get("Forward-Backward"), "layers": layers}
 
 
-def seed(run: Path, base_model: Path) -> tuple[Path, str]:
-    """A transfer's init, made by `transplant` from the base's snapshot."""
-    # Until transplant works without pycaffe (#24 item 6, in progress), a Python with no pycaffe
-    # (3.12 on the GPU images) seeds with Caffe's own --weights, which copies the same layers by
-    # name (the renamed `-new` ones keep their fillers). Remove this branch when that lands.
+def seed(run: Path, base_model: Path, fill: str | None) -> tuple[Path, str]:
+    """A transfer's init, made by `transplant` from the base's snapshot, and how it was filled;
+    `fill` forces the route (CAFFE_TRANSFER_FILL), else transplant picks it as for a user."""
+    before = os.environ.get(caffe_env.FILL)
+    if fill:
+        os.environ[caffe_env.FILL] = fill
     try:
-        caffe_env.pycaffe()
-    except CaffeTransferError as e:
-        return base_model, f"caffe --weights (no pycaffe: {e})"
-    from caffe_transfer.runs.transplant import transplant
+        made = transplant(run, base=base_model)
+    finally:
+        os.environ.pop(caffe_env.FILL, None)
+        if before is not None:
+            os.environ[caffe_env.FILL] = before
+    return made.init, json.loads(made.record.read_text())["filled_by"]
 
-    return transplant(run, base=base_model).init, "transplant"
 
-
-def rate(cfg: dict, data: Path, out: Path, gpu: bool, name: str, base_model: Path | None) -> dict:
+def rate(cfg: dict, data: Path, out: Path, gpu: bool, name: str, base_model: Path | None,
+         fill: str | None = None) -> dict:
     """One net alone on the device, through the DataLayer and fed from memory; its memory, and
     what its training shows: frozen layers bit-identical, the loss falling."""
     run = write_run(out / name, name, cfg, data, gpu, cfg["iter"])
-    init, how = seed(run, base_model) if base_model else (None, "fillers")
+    init, filled_by = seed(run, base_model, fill) if base_model else (None, None)
     weights = ["-weights", init] if init else []
     text, mib = caffe(["train", "-solver", "solver.prototxt", *weights, *on(gpu)], run, run / "train.log",
                       gpu, cfg["threads"])
@@ -246,15 +252,15 @@ def rate(cfg: dict, data: Path, out: Path, gpu: bool, name: str, base_model: Pat
     memory.write_text(no_snapshots(memory.read_text()))
     memory_text, _ = caffe(["train", "-solver", memory.name, *weights, *on(gpu)], run, run / "memory.log",
                            gpu, cfg["threads"])
-    kind, n = price_kind(parse(name))
     roles = json.loads((run / "treatment.json").read_text())["layers"]
     frozen = [r["name"] for r in roles if r["frozen"]]
     final = run / snapshot_file(snapshot_prefix(name), cfg["iter"])
     before, after = (blobs(Path(init), frozen), blobs(final, frozen)) if frozen else ({}, {})
     losses = [row["loss"] for row in parse_file(run / "train.log").train if "loss" in row]
     data_ms, memory_ms = speed(text), speed(memory_text)
-    return {"kind": kind, "n": n, "datalayer_ms": data_ms, "memory_ms": memory_ms, "gpu_mib": mib,
-            "net": name, "init": how, "init_path": str(init) if init else None, "final": str(final),
+    return {"kind": rate_kind(parse(name)), "n": parse(name).n, "datalayer_ms": data_ms, "memory_ms": memory_ms,
+            "gpu_mib": mib, "net": name, "init": "transplant" if init else "fillers", "filled_by": filled_by,
+            "init_path": str(init) if init else None, "final": str(final),
             "frozen_identical": {f: all(np.array_equal(a, b) for a, b in zip(before[f], after[f])) for f in frozen},
             "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
             "loss_falls": bool(losses and losses[-1] < losses[0])}
@@ -383,19 +389,20 @@ def main() -> None:
     engines = ["caffe", "cudnn"] if r["device"]["cudnn"] else ["caffe"]
     r["time"] = [time_net(cfg, data, out, e, gpu) for e in engines]
     base = rate(cfg, data, out, gpu, BASE, None)
-    r["rates"] = [base] + [rate(cfg, data, out, gpu, name, Path(base["final"])) for name in TRANSFERS]
+    r["rates"] = [base] + [rate(cfg, data, out, gpu, name, Path(base["final"]),
+                                "caffe" if args.dry_run and name == TOOL_FILLED else None) for name in TRANSFERS]
     r["datalayer_alone_ms"] = {str(t): datalayer_alone(cfg, data, out, gpu, t) for t in sorted({0, cfg["threads"]})}
     r["packing"] = [row for kind, net in PACKED.items()
                     for row in pack(cfg, data, out, gpu, kind, next(x for x in r["rates"] if x["net"] == net))]
     r["recommended_nets_per_gpu"], r["recommendation"] = recommend(r["rates"], r["packing"], r["device"]["memory_mib"])
-    r["price"] = grid_price(r["rates"], r["packing"], r["recommended_nets_per_gpu"])
+    write_atomic(out / "gpu_check.json", json.dumps(rates_json(r), indent=2) + "\n")
+    r["price"] = grid_price(out / "gpu_check.json", r["recommended_nets_per_gpu"])  # what `plan --rates` reads
     r["agree"] = [agree(data, out, e) for e in engines] if gpu else "skipped: needs a GPU"
     try:
         r["torch"] = torch_caffenet() if gpu else "skipped: needs a GPU"
     except ImportError:
         r["torch"] = "skipped: torch does not import"
     r["goals"] = goals(r)
-    write_atomic(out / "gpu_check.json", json.dumps(rates_json(r), indent=2) + "\n")
     write_atomic(out / "report.json", json.dumps(r, indent=2) + "\n")
     print(summary(r))
 

@@ -1,35 +1,25 @@
 """The GPU check's judgement of its figures: which nets the DataLayer limits, how many nets per
-GPU to run, what the grid costs at the measured rates, the issues' goals; and the two files it
-writes: gpu_check.json (the rates `plan --rates` reads, schema caffe-transfer/gpu-check/1) and
-the one-screen summary. tools/gpu_check.py measures; this module only reads its figures.
+GPU to run, the issues' goals; the grid's cost, asked of `plan --rates`'s owner
+(caffe_transfer/grid/rates.py) with the check's own gpu_check.json (schema
+caffe-transfer/gpu-check/1), which this module shapes; and the one-screen summary.
+tools/gpu_check.py measures; this module only reads its figures.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-import numpy as np
+from caffe_transfer.grid.plan import select
+from caffe_transfer.grid.rates import SCHEMA, price, read_rates
 
-from caffe_transfer.grid import plan
-from caffe_transfer.model.treatments import Kind, Treatment, parse
-
-SCHEMA = "caffe-transfer/gpu-check/1"
 PACKED = {"base": "half0A", "frozen": "transfer0A0B_1_1"}  # the frozen net least bound by its data: the cautious ratio
 PLURAL = {"base": "bases", "frozen": "frozen transfers"}
 PACKINGS = (1, 2, 4)
 LIMIT_MARGIN = 0.10  # the DataLayer limits a net when training through it is more than 10% slower (#30's goal)
 PACK_MARGIN = 0.15   # k packed nets reach the compute limit when their aggregate is within 15% of it (#24's goal)
 GRID_GOAL_HOURS = 900
-
-
-def price_kind(t: Treatment) -> tuple[str, int | None]:
-    """The rate a net is priced at: transfers (selffers too) by frozen or fine-tuned and n; the
-    random-frozen nets as frozen; every other net as a base."""
-    if t.kind is Kind.TRANSFER:
-        return ("finetuned" if t.fine_tune else "frozen"), t.n
-    if t.kind is Kind.RANDOM:
-        return "frozen", t.n
-    return "base", None
+GPUS = 8  # the wall-clock the summary prints, as `plan --rates FILE --gpus 8` does
 
 
 def limited_by(x: dict) -> float | None:
@@ -55,25 +45,14 @@ def recommend(rates: list[dict], packing: list[dict], memory_mib: int | None) ->
     return best, f"none within {PACK_MARGIN:.0%} of the compute limit: the lowest measured aggregate"
 
 
-def price(rates: list[dict], packing: list[dict], nets_per_gpu: int) -> float:
-    """The grid's GPU-hours at `nets_per_gpu`: each net's iterations (the package's solver values)
-    at its kind's rate through the DataLayer (linear in n between the measured n, clamped), times
-    the packed aggregate over the alone one. The schema's pricing rule; once `plan --rates`
-    (caffe_transfer/grid/rates.py) is merged, that is its one owner and this calls it."""
-    packed = {(p["kind"], p["nets"]): p["aggregate_ms"] for p in packing}
-    seconds = 0.0
-    for run in plan.plan_runs(plan.select()):
-        kind, n = price_kind(parse(run.name))
-        points = sorted((r["n"] or 0, r["datalayer_ms"]) for r in rates if r["kind"] == kind)
-        ms = float(np.interp(n or 0, [p[0] for p in points], [p[1] for p in points]))
-        shared = "frozen" if kind == "frozen" else "base"
-        seconds += run.max_iter * ms / 1000 * packed[shared, nets_per_gpu] / packed[shared, 1]
-    return seconds / 3600
-
-
-def grid_price(rates: list[dict], packing: list[dict], nets_per_gpu: int) -> dict:
-    return {"nets": len(plan.select()), "one_net_gpu_hours": price(rates, packing, 1),
-            "recommended_gpu_hours": price(rates, packing, nets_per_gpu)}
+def grid_price(rates_file: Path, nets_per_gpu: int) -> dict:
+    """The authors' grid priced by `plan --rates`'s owner from the check's own file, as a plan of
+    the measured architecture: GPU-hours and wall-clock on GPUS GPUs at one net per GPU and at
+    `nets_per_gpu` (`plan.estimate`'s figures)."""
+    rates = read_rates(rates_file)
+    grid = select()
+    return {"nets": len(grid), "one_net": price(rates, rates.architecture, grid, GPUS, 1),
+            "recommended": price(rates, rates.architecture, grid, GPUS, nets_per_gpu)}
 
 
 def rates_json(r: dict) -> dict:
@@ -96,7 +75,7 @@ def goals(r: dict) -> dict:
     near = {x["net"]: limited_by(x) is None for x in r["rates"] if x["kind"] in ("base", "frozen")}
     return {"cudnn_speedup_at_least_2.5": speedup >= 2.5 if speedup else None,
             "within_2x_of_torch": vs_torch <= 2 if vs_torch else None,
-            "grid_at_most_900_gpu_hours": r["price"]["recommended_gpu_hours"] <= GRID_GOAL_HOURS,
+            "grid_at_most_900_gpu_hours": r["price"]["recommended"]["gpu_hours"] <= GRID_GOAL_HOURS,
             "datalayer_alone_4x_stock": alone["0"] / alone[threads] >= 4 if threads != "0" else None,
             "base_and_frozen_within_10%_of_memory": all(near.values()), "per_net": near}
 
@@ -120,15 +99,18 @@ def summary(r: dict) -> str:
         frozen = f"; frozen bit-identical: {all(x['frozen_identical'].values())}" if x["frozen_identical"] else ""
         lines.append(f"  {x['net']:22} {kind:14} {x['datalayer_ms']:9.1f} {x['memory_ms']:7.1f} "
                      f"{x['gpu_mib'] or '-':>6}  {verdict}; {x['loss_first']} -> {x['loss_last']}{frozen}")
-    lines.append(f"  transfers seeded by {', '.join(sorted({x['init'] for x in r['rates'] if x['kind'] != 'base'}))}")
+    routes = sorted({x["filled_by"] for x in r["rates"] if x["filled_by"]})
+    lines.append(f"  transfers seeded by transplant, filled by {' and '.join(routes)} (CAFFE_TRANSFER_FILL's routes)")
     for kind in PACKED:
         lines.append(f"  packed {PLURAL[kind]}, ms/iteration in aggregate: " + ", ".join(
             f"{p['nets']} net{'s' if p['nets'] > 1 else ''} {p['aggregate_ms']:.1f}" for p in r["packing"]
             if p["kind"] == kind))
     p = r["price"]
     lines.append(f"  nets per GPU: {r['recommended_nets_per_gpu']} ({r['recommendation']})")
-    lines.append(f"  the grid, {p['nets']} nets: {p['one_net_gpu_hours']:,.0f} GPU-hours at one net per GPU, "
-                 f"{p['recommended_gpu_hours']:,.0f} at {r['recommended_nets_per_gpu']} per GPU")
+    lines.append(f"  the grid, {p['nets']} nets, as `plan --rates gpu_check.json --gpus {GPUS}` prices it:")
+    for e in [p["one_net"]] + ([p["recommended"]] if r["recommended_nets_per_gpu"] > 1 else []):
+        lines.append(f"    {e['nets_per_gpu']} net(s) per GPU: {e['gpu_hours']:,.0f} GPU-hours, "
+                     f"{e['wall_hours']:,.0f} h wall-clock on {GPUS} GPUs")
     for a in r["agree"] if isinstance(r["agree"], list) else []:
         lines.append(f"  GPU vs CPU ({a['engine']}): loss {a['loss_gpu']} vs {a['loss_cpu']}, step agrees within "
                      f"{a['max_weight_diff_of_step']:.2e} of its size (tolerance {a['tolerance']}): {a['agree']}")

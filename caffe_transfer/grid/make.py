@@ -16,9 +16,8 @@ from caffe_transfer.grid.plan import (
     select,
     write_plan,
 )
-from caffe_transfer.grid.rates import Rates
+from caffe_transfer.grid.rates import Rates, price
 from caffe_transfer.grid.slurm import write_slurm
-from caffe_transfer.model.treatments import parse
 from caffe_transfer.runs.gen import GenOptions
 
 
@@ -57,14 +56,14 @@ def make_plan(out: str | Path, experiments: list[str] | None, splits: list[str] 
     refused before anything is written."""
     treatments = select(experiments, splits)
     rates = cost.get("rates") if cost else None
+    priced = None
     if rates:
-        rates.check(options.arch, packing.nets_per_gpu, treatments)
+        priced = price(rates, options.arch, treatments, cost["gpus"], packing.nets_per_gpu, options.solver)
     path = write_plan(out, treatments, options, force=force, packing=packing)
     runs = read_plan(out)
     summary = PlanSummary(path, runs, critical_path(runs), packing, rates=rates)
     if slurm is not None:
         summary.submit = write_slurm(out, runs, gpu=options.gpu, packing=packing, **slurm)
     if cost is not None:
-        price = (lambda r: rates.seconds(parse(r.name), packing.nets_per_gpu)) if rates else cost["iter_seconds"]
-        summary.cost = estimate(runs, price, cost["gpus"], packing.nets_per_gpu)
+        summary.cost = priced or estimate(runs, cost["iter_seconds"], cost["gpus"], packing.nets_per_gpu)
     return summary

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from caffe_transfer.common.errors import CaffeTransferError
-from caffe_transfer.model.treatments import Kind, Treatment
+from caffe_transfer.grid.plan import estimate, plan_runs
+from caffe_transfer.model.treatments import Kind, Treatment, parse
 
 SCHEMA = "caffe-transfer/gpu-check/1"
 KINDS = ("base", "frozen", "finetuned")
@@ -83,6 +84,16 @@ class Rates:
                 f"{', '.join(map(str, measured)) or 'no packing'}): use --nets-per-gpu "
                 f"{' or '.join(str(k) for k in measured) or '1'}")
         return self.packing[kind, nets] / self.packing[kind, 1]
+
+
+def price(rates: Rates, architecture: str, treatments: list[Treatment], gpus: int, nets_per_gpu: int,
+          solver: dict | None = None) -> dict:
+    """`plan.estimate`'s GPU-hours and wall-clock on `gpus` GPUs of `treatments`, each run priced
+    by its kind's rate at `nets_per_gpu`: what `plan --rates` prints and the GPU check reports of
+    its own file. Rates that cannot price them are refused (`Rates.check`)."""
+    rates.check(architecture, nets_per_gpu, treatments)
+    return estimate(plan_runs(treatments, solver), lambda r: rates.seconds(parse(r.name), nets_per_gpu), gpus,
+                    nets_per_gpu)
 
 
 def rate_kind(treatment: Treatment) -> str:
