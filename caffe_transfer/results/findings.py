@@ -27,9 +27,12 @@ freedom, at the confidence of Z = 2 standard errors of a normal: a spread measur
 itself a rough guess, and t widens the margin by as much as it is unsure. A comparison counts
 only beyond its margin; "level" means within it. A finding "shows" when every comparison goes its
 way; "does not show" when one goes the other way beyond its margin; otherwise it is
-"inconclusive". A point with fewer than MIN_REPEATS runs has no spread to measure: a finding
-that compares it is "not judged at this scale", with that reason, rather than judged on a spread
-borrowed from other points.
+"inconclusive". A point with fewer than MIN_REPEATS runs has no spread to measure, and a side
+of a comparison whose spread rests on fewer than MIN_DOF degrees of freedom (a base of 2 runs:
+one difference) has one too rough to judge by (t is 14 at one degree of freedom): a finding
+that compares such a side is "not judged at this scale", with that reason, rather than judged
+on a spread borrowed from other points. Both depend on the design (how often each point ran),
+not on the scores, so every run of a preset judges the same findings.
 
 These margins replace one standard deviation pooled over all repeated points (the rule the demo's
 first runs were judged by): a pooled spread is too narrow for the noisy points and let a rerun
@@ -50,6 +53,7 @@ from caffe_transfer.common.atomic import write_atomic
 Z = 2.0
 CONFIDENCE = math.erf(Z / math.sqrt(2))  # two-sided, about 95.4%
 MIN_REPEATS = 2  # the fewest runs of a point whose spread can be measured
+MIN_DOF = 2      # the fewest degrees of freedom of a side of a comparison that can be judged by
 RANDOM_SPLITS = ("0", "1", "2", "3")
 SHOWS, NOT, INCONCLUSIVE, UNMEASURED = "shows", "does not show", "inconclusive", "not measured"
 NOT_JUDGED = "not judged at this scale"
@@ -69,6 +73,11 @@ class Group:
     @property
     def mean(self) -> float | None:
         return statistics.fmean(statistics.fmean(p) for p in self.points) if self.points else None
+
+    @property
+    def dof(self) -> int:
+        """The degrees of freedom its points' spreads rest on."""
+        return sum(len(p) - 1 for p in self.points)
 
     @property
     def fewest(self) -> int:
@@ -95,9 +104,16 @@ class Condition:
         return sum(sign * g.mean for sign, g in self.terms)
 
     def too_few(self) -> list[str]:
-        """Its groups whose points ran too few times to measure their spread, as reasons."""
-        return [f"{g.label} ran {'once' if g.fewest == 1 else f'{g.fewest} times'}"
-                for _, g in self.terms if g.points and g.fewest < MIN_REPEATS]
+        """Its groups whose spread is unmeasured or too rough to judge by, as reasons."""
+        reasons = []
+        for _, g in self.terms:
+            per_point = " per point" * (len(g.points) > 1)
+            if g.points and g.fewest < MIN_REPEATS:
+                reasons.append(f"{g.label} ran {'once' if g.fewest == 1 else f'{g.fewest} times'}{per_point}")
+            elif g.points and g.dof < MIN_DOF:
+                reasons.append(f"{g.label} ran {g.runs} times (a spread on {g.dof} degree"
+                               f"{'s' * (g.dof != 1)} of freedom)")
+        return reasons
 
     def margin(self) -> float | None:
         """t standard errors of the value, from its own points' spreads (None: not measurable)."""
@@ -132,8 +148,8 @@ def verdict(conditions: list[Condition]) -> tuple[str, str]:
         return UNMEASURED, ""
     too_few = list(dict.fromkeys(r for c in conditions for r in c.too_few()))
     if too_few:
-        return NOT_JUDGED, (f"{', '.join(too_few)}; a spread needs at least {MIN_REPEATS} runs "
-                            "of every point compared")
+        return NOT_JUDGED, (f"{', '.join(too_few)}; a spread needs at least {MIN_REPEATS} runs of every "
+                            f"point compared and {MIN_DOF} degrees of freedom on each side")
     if "contradicted" in outcomes:
         return NOT, ""
     if all(o == "holds" for o in outcomes):
@@ -247,8 +263,9 @@ def write_findings(summary: dict, path: str | Path, title: str, judge: bool = Tr
              f"{100 * CONFIDENCE:.1f}% confidence of {Z:g} standard errors. A difference counts only beyond "
              "its margin; \"level\" means within it. A finding shows when every comparison goes its way, "
              "does not show when one goes the other way beyond its margin, and is inconclusive "
-             f"otherwise; it is {NOT_JUDGED} when a "
-             f"point it compares ran fewer than {MIN_REPEATS} times, so that its spread cannot be measured. "
+             f"otherwise; it is {NOT_JUDGED} when a point it compares ran fewer than {MIN_REPEATS} times "
+             f"(no spread measured) or a side of a comparison has a spread on fewer than {MIN_DOF} degrees "
+             "of freedom (too rough to judge by). "
              "The rules are in `caffe_transfer/results/findings.py`.",
              "", "| finding | verdict |", "| --- | --- |"]
     lines += [f"| {r['finding']} | {r['verdict']}" + (f" ({r['reason']})" if r["reason"] else "") + " |"
