@@ -270,7 +270,26 @@ def tree(tmp_path_factory, pb2) -> Path:
     (t / "broken" / "lmdb" / "caffe-transfer-settings.json").write_text("{}")  # make-lmdb's own folder
     (t / "broken" / "COMPLETE").write_text('{"written": 3, "skip')
     (t / "log.txt").write_text("I1130 10:00:00.000000  1 solver.cpp:218] Iteration 0 (0 iter/s, 0s/20 iters), loss = 2.3\n")
+    _bundles(t / "bundles")
     return t
+
+
+def _bundles(root: Path) -> None:
+    """Bundles as install_caffe.sh --bundle writes them (SHA256SUMS over source/, debs/, wheels/),
+    each spoilt one way after its sums were written."""
+    for name in ("altered", "truncated", "missing", "extra"):
+        bundle = root / name
+        for folder in ("source", "debs", "wheels"):
+            (bundle / folder).mkdir(parents=True)
+        (bundle / "source" / "caffe.dsc").write_text("Format: 3.0 (quilt)\n")
+        (bundle / "debs" / "libfoo.deb").write_bytes(b"!<arch>\n" + bytes(range(256)))
+        sums = subprocess.run(["sha256sum", "source/caffe.dsc", "debs/libfoo.deb"], cwd=bundle, capture_output=True,
+                              text=True, check=True).stdout
+        (bundle / "SHA256SUMS").write_text(sums)
+    (root / "altered" / "source" / "caffe.dsc").write_text("Format: 1.0\n")
+    (root / "truncated" / "debs" / "libfoo.deb").write_bytes(b"!<arch>\n")
+    (root / "missing" / "debs" / "libfoo.deb").unlink()
+    (root / "extra" / "debs" / "extra.deb").write_bytes(b"!<arch>\n")
 
 
 def assert_one_line_error(result, fragment: str) -> None:
@@ -409,6 +428,12 @@ SCRIPT_PROBES = [
     ("tools/gpu_check.sh --bundle {t}/adir", "expected --bundle DIR --out DIR"),
     ("tools/gpu_check.sh --bundle {t}/adir --out ''", "expected --bundle DIR --out DIR"),
     ("tools/gpu_check.sh --bundel {t}/adir --out {t}/o", "unknown argument --bundel"),
+    ("tools/gpu_check.sh --bundle {t}/adir --out {t}/o", "no nvidia-smi: this is not a GPU machine (use --dry-run)"),
+    ("tools/install_caffe.sh --from {t}/bundles/altered", "--from {t}/bundles/altered: files do not match its SHA256SUMS"),
+    ("tools/install_caffe.sh --from {t}/bundles/truncated", "--from {t}/bundles/truncated: files do not match"),
+    ("tools/install_caffe.sh --from {t}/bundles/missing", "--from {t}/bundles/missing: files do not match"),
+    ("tools/install_caffe.sh --from {t}/bundles/extra", "debs/extra.deb not listed in its SHA256SUMS"),
+    ("tools/install_caffe.sh --from {t}/adir", "--from {t}/adir: no SHA256SUMS there"),
 ]
 
 

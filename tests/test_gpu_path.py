@@ -50,7 +50,9 @@ def test_from_refuses_a_bundle_that_does_not_match_its_sums(bundle, tmp_path):
     proc = subprocess.run(["bash", "tools/install_caffe.sh", "--from", str(broken)], cwd=REPO, capture_output=True,
                           text=True, env={**os.environ, "PYTHON": sys.executable, "CAFFE_ROOT": str(tmp_path / "c")})
     assert proc.returncode != 0
-    assert proc.stderr.strip().splitlines()[-1] == f"[install_caffe] error: --from {broken}: files do not match its SHA256SUMS"
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"[install_caffe] error: --from {broken}: files do not match its SHA256SUMS (debs/"), line
+    assert all(f"debs/{deb.name}" in line for deb in (bundle / "debs").glob("*.deb")), line  # each one named
     assert not (tmp_path / "c" / "bin").exists()
 
 

@@ -49,7 +49,9 @@ write_bundle() {
 use_bundle() {
   local dir=$1 deps=$CAFFE_ROOT/deps deb member link target sums
   [ -f "$dir/SHA256SUMS" ] || die "--from $dir: no SHA256SUMS there (write a bundle with --bundle DIR)"
-  (cd "$dir" && sha256sum -c --quiet SHA256SUMS) || die "--from $dir: files do not match its SHA256SUMS"
+  local failed
+  failed=$(cd "$dir" && sha256sum -c SHA256SUMS 2>/dev/null | sed -n 's/: FAILED.*$//p' | paste -sd, -) || true
+  [ -z "$failed" ] || die "--from $dir: files do not match its SHA256SUMS (${failed//,/, }): write the bundle again"
   # Only what the sums vouch for is used: the .debs and wheels are globbed, so an extra one would be.
   local extra
   extra=$(cd "$dir" && comm -23 <(find source debs wheels ! -type d 2>/dev/null | LC_ALL=C sort) \

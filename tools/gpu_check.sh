@@ -29,6 +29,8 @@ while [ $# -gt 0 ]; do
 done
 [ -n "$BUNDLE" ] || usage "no --bundle"
 [ -n "$OUT" ] || usage "no --out"
+# Refused before anything is written: a machine without a GPU, without --dry-run.
+[ "$DRY" = 1 ] || command -v nvidia-smi >/dev/null || die "no nvidia-smi: this is not a GPU machine (use --dry-run)"
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 
@@ -43,7 +45,6 @@ if [ "$DRY" = 1 ]; then
   exec env PYTHONPATH="$PWD" "$OUT/venv/bin/python" tools/gpu_check.py --out "$OUT" --dry-run
 fi
 
-command -v nvidia-smi >/dev/null || die "no nvidia-smi: this is not a GPU machine (use --dry-run)"
 command -v nvcc >/dev/null || export PATH=/usr/local/cuda/bin:$PATH
 command -v nvcc >/dev/null || die "no nvcc on PATH or in /usr/local/cuda/bin"
 ARCH=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -n1 | tr -d ' .')
