@@ -152,6 +152,11 @@ def test_train_never_overwrites_snapshots_the_log_does_not_record(runs, damage):
                     "train.log does not record", "move snapshots/ aside")
     assert _digests(run_dir / "snapshots") == before
     assert Run.load(run_dir).state() == (State.FAILED, line.removeprefix("Error: "))
+    proc = subprocess.run(["bash", str(run_dir / "run.sh")], capture_output=True, text=True, env=ENV)  # Caffe alone
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 1 and len(lines) == 1, proc.stdout + proc.stderr
+    assert "is a snapshot that train.log does not record, and training afresh would overwrite it" in lines[0]
+    assert _digests(run_dir / "snapshots") == before
 
     shutil.move(run_dir / "snapshots", runs / "aside")  # as the line says: then it trains afresh
     _ok("train", run_dir, "--quiet")

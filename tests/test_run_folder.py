@@ -138,10 +138,12 @@ def test_snapshots_of_an_earlier_version_are_refused_in_one_line(beside, data_ro
 # --- one trainer per folder -------------------------------------------------------------------
 @pytest.mark.parametrize("first", ["train", "run.sh"])
 def test_a_second_trainer_is_refused_and_the_first_trains_one_clean_run(data_root, tmp_path, first):  # noqa: F811
-    run_dir = _gen(tmp_path / "half0B", data_root, "half0B", "--solver", "max_iter=60", "--solver", "snapshot=30")
+    # Long enough (400 iterations, seconds) that the first is still training when the others try.
+    run_dir = _gen(tmp_path / "half0B", data_root, "half0B", "--solver", "max_iter=400", "--solver", "snapshot=200",
+                   "--solver", "test_interval=100", "--solver", "display=20")
     cmd = [CLI, "train", str(run_dir), "--quiet"] if first == "train" else ["bash", str(run_dir / "run.sh")]
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for(run_dir / "train.log", "Iteration 5,", proc)
+    _wait_for(run_dir / "train.log", "Iteration 20,", proc)
     holder = "caffe-transfer train" if first == "train" else "run.sh"
     for second in (_cli("train", str(run_dir), "--quiet"), _run_sh(run_dir)):
         assert second.returncode == 1
@@ -158,8 +160,8 @@ def test_a_second_trainer_is_refused_and_the_first_trains_one_clean_run(data_roo
     text = (run_dir / "train.log").read_text()
     assert len([line for line in text.splitlines() if line.startswith("==> ")]) == 1
     tables = logs.parse_file(run_dir / "train.log")
-    assert [r["NumIters"] for r in tables.test] == [0, 10, 20, 30, 40, 50, 60]
-    assert [r["NumIters"] for r in tables.train] == list(range(0, 61, 5))
+    assert [r["NumIters"] for r in tables.test] == [0, 100, 200, 300, 400]
+    assert [r["NumIters"] for r in tables.train] == list(range(0, 401, 20))
     assert Run.load(run_dir).state() == (State.DONE, "")
 
 

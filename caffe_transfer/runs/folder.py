@@ -113,7 +113,7 @@ def script_values(treatment: Treatment, max_iter: int, fingerprint: Fingerprint,
     prefix = snapshot_prefix(treatment.name)
     base = treatment.base
     return {"name": treatment.name, "description": treatment.describe(), "fingerprint": fingerprint,
-            "net": NET, "solver": SOLVER,
+            "net": NET, "solver": SOLVER, "prefix": prefix, "snapshot_dir": SNAPSHOT_DIR,
             "final": snapshot_file(prefix, max_iter), "final_stem": snapshot_file(prefix, max_iter, ""),
             "log": LOG, "lock": LOCK, "status": STATUS, "record": RECORD,
             "init": INIT if treatment.kind in (Kind.TRANSFER, Kind.RANDOM) else None,
