@@ -132,7 +132,8 @@ def _loss_lines(run: Path, threads: str, pb2) -> list[str]:
     """The loss and net-output lines of a `caffe train` of `run`, made anew, at CAFFE_DATA_THREADS."""
     for snapshot in (run / "snapshots").glob("*"):
         snapshot.unlink()
-    env = {**os.environ, "CAFFE_DATA_THREADS": threads, "OPENBLAS_NUM_THREADS": "1", "GLOG_logtostderr": "1"}
+    env = {**os.environ, "CAFFE_DATA_THREADS": threads, "OPENBLAS_NUM_THREADS": "1", "GLOG_logtostderr": "1",
+           "GLOG_minloglevel": "0"}  # pycaffe, once imported by any test, sets 2 for this process
     out = subprocess.run([str(caffe_env.tool("caffe")), "train", "--solver=solver.prototxt"], cwd=run, env=env,
                          capture_output=True, text=True, check=True).stderr
     lines = [re.sub(r" \(.*? iters\)", "", line.split("] ", 1)[1])  # without the timing
