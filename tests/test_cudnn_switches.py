@@ -2,11 +2,13 @@
 cannot run here, so a small C++ program compiles the very header the patched layers include and
 prints what it parsed; a bad value stops it with one FATAL line, as it stops Caffe. The slow test
 applies the installer's CUDA fixes to the pinned source and compiles the patched translation
-units against cuDNN 9's headers (NVIDIA's nvidia-cudnn-cu13 wheel) with nvcc."""
+units against cuDNN 9's headers (NVIDIA's nvidia-cudnn-cu13 wheel) with nvcc. Then the Python
+side: gen --cudnn records them, run.sh exports exactly the record, the report shows them."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import sys
@@ -14,6 +16,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
+
+from caffe_transfer.cli import cli
+from caffe_transfer.results import report
 
 REPO = Path(__file__).resolve().parent.parent
 FIXES = REPO / "tools" / "caffe_fixes"
@@ -120,3 +126,51 @@ def test_patched_layers_compile_against_cudnn9(tmp_path):
                              cwd=src, capture_output=True, text=True)
         assert run.returncode == 0 and "warning" not in run.stderr, f"{unit}:\n{run.stderr[-3000:]}"
 
+
+def _exports(run_sh: Path) -> dict[str, str]:
+    """The CAFFE_* variables run.sh's own export lines give Caffe, as bash reads them."""
+    lines = [line for line in run_sh.read_text().splitlines() if line.startswith("export CAFFE_")]
+    script = "\n".join(lines + ['env -0'])
+    out = subprocess.run(["env", "-i", "bash", "-c", script], capture_output=True, text=True, check=True).stdout
+    pairs = (item.split("=", 1) for item in out.split("\0") if item)
+    return {k: v for k, v in pairs if k.startswith("CAFFE_")}
+
+
+def test_gen_records_the_switches_run_sh_exports_them_and_the_report_shows_them(tmp_path):
+    runs = tmp_path / "runs"
+    args = ["gen", "-t", "AnB", "--n", "3", "--split", "0"]
+    switched = args + ["--out", str(runs / "transfer0A0B_3"), "--cudnn", "algo=measure", "--cudnn",
+                       "workspace_mb=1024", "--cudnn", "tf32=1"]
+    for command in (switched, args + ["--out", str(runs / "plain")]):
+        result = CliRunner().invoke(cli, command)
+        assert result.exit_code == 0, result.output
+    recorded = {"CAFFE_CUDNN_ALGO": "measure", "CAFFE_CUDNN_WORKSPACE_MB": "1024", "CAFFE_TF32": "1"}
+    assert json.loads((runs / "transfer0A0B_3" / "treatment.json").read_text())["cudnn"] == recorded
+    assert json.loads((runs / "plain" / "treatment.json").read_text())["cudnn"] == {}
+    every = dict.fromkeys(DEFAULTS, "")
+    assert _exports(runs / "transfer0A0B_3" / "run.sh") == every | recorded
+    assert _exports(runs / "plain" / "run.sh") == every  # empty: Caffe's default, whatever the caller set
+
+    summary = report.write_report(runs, tmp_path / "report", figures=False, compare=False)
+    shown = {r["name"]: r["cudnn"] for r in summary["runs"]}
+    assert shown == {"plain": "", "transfer0A0B_3": " ".join(f"{k}={v}" for k, v in recorded.items())}
+    rows = (tmp_path / "report" / "runs.csv").read_text().splitlines()
+    assert rows[0].endswith(",cudnn") and rows[2].endswith(shown["transfer0A0B_3"])
+    text = (tmp_path / "report" / "report.txt").read_text()
+    assert "transfer0A0B_3" in text.split("Runs under cuDNN switches")[1].splitlines()[1]
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("algo=fast", "--cudnn algo=fast: expected heuristic or measure"),
+    ("speed=1", "--cudnn speed: expected one of workspace_mb, algo, deterministic, tf32"),
+    ("workspace_mb=8MB", "--cudnn workspace_mb=8MB: expected a whole number of MiB from 0 to 1048576"),
+    ("workspace_mb=1048577", "expected a whole number of MiB"),
+    ("tf32=yes", "--cudnn tf32=yes: expected 0 or 1"),
+    ("deterministic", "'deterministic': expected KEY=VALUE, e.g. algo=measure"),
+])
+def test_a_bad_cudnn_switch_is_one_line_and_writes_nothing(tmp_path, value, expected):
+    for command in (["gen", "-t", "AnB", "--n", "3", "--split", "0"], ["plan"]):
+        result = CliRunner().invoke(cli, [*command, "--out", str(tmp_path / "o"), "--cudnn", value])
+        assert result.exit_code == 2 and expected in result.output, result.output
+        assert result.output.strip().splitlines()[-1].startswith("Error: Invalid value for '--cudnn'")
+        assert not (tmp_path / "o").exists()

@@ -1,5 +1,5 @@
 // How CuDNNConvolutionLayer chooses each direction's algorithm and math type under the switches
-// of cudnn_switches.hpp (cudnn_conv_layer.patch calls these once per layer and input shape).
+// of cudnn_switches.hpp (cudnn_switches.patch calls these once per layer and input shape).
 //   heuristic: cuDNN's ranking (cudnnGet*Algorithm_v7), as BVLC Caffe and cudnn8_algo.hpp do;
 //   measure:   cudnnFind*Ex runs every algorithm once on the layer's shapes, fastest first.
 // Either way the choice is the first result that ran, needs at most the workspace limit and,
@@ -86,9 +86,17 @@ inline void SetMath(cudnnConvolutionDescriptor_t conv, cudnnMathType_t math) {
   CUDNN_CHECK(cudnnSetConvolutionMathType(conv, math));
 }
 
-// The math type results are ranked under.
-inline cudnnMathType_t QueryMath(const CudnnSwitches& s) {
-  return s.tf32 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH;
+// `query(perf, n, &count)` ranks up to n results, cudnnFind*Ex or cudnnGet*_v7, with `conv`
+// set to the math type they are to be ranked under; `conv` keeps the chosen one's.
+template <typename Perf, int N, typename Query>
+inline ConvChoice Choose(cudnnConvolutionDescriptor_t conv, const CudnnSwitches& s,
+                         const std::string& what, Query query) {
+  Perf perf[N];
+  int count = 0;
+  SetMath(conv, s.tf32 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH);
+  const ConvChoice c = Pick(query(perf, N, &count), perf, count, s, what);
+  SetMath(conv, c.math);
+  return c;
 }
 
 // In measure mode cudnnFind*Ex writes `out` (the direction's output) and `workspace` (the limit).
@@ -96,53 +104,40 @@ inline ConvChoice ChooseForward(cudnnHandle_t h, const CudnnSwitches& s,
     cudnnTensorDescriptor_t x, const void* x_data, cudnnFilterDescriptor_t w, const void* w_data,
     cudnnConvolutionDescriptor_t conv, cudnnTensorDescriptor_t y, void* out, void* workspace,
     const std::string& what) {
-  const int n = CUDNN_CONVOLUTION_FWD_ALGO_COUNT;
-  cudnnConvolutionFwdAlgoPerf_t perf[n];
-  int count = 0;
-  SetMath(conv, QueryMath(s));
-  cudnnStatus_t status = s.measure
-      ? cudnnFindConvolutionForwardAlgorithmEx(h, x, x_data, w, w_data, conv, y, out, n, &count,
-                                               perf, workspace, s.workspace_bytes())
-      : cudnnGetConvolutionForwardAlgorithm_v7(h, x, w, conv, y, n, &count, perf);
-  ConvChoice c = Pick(status, perf, count, s, what + " forward");
-  SetMath(conv, c.math);
-  return c;
+  return Choose<cudnnConvolutionFwdAlgoPerf_t, CUDNN_CONVOLUTION_FWD_ALGO_COUNT>(
+      conv, s, what + " forward", [&](cudnnConvolutionFwdAlgoPerf_t* perf, int n, int* count) {
+    return s.measure ? cudnnFindConvolutionForwardAlgorithmEx(h, x, x_data, w, w_data, conv, y,
+                           out, n, count, perf, workspace, s.workspace_bytes())
+                     : cudnnGetConvolutionForwardAlgorithm_v7(h, x, w, conv, y, n, count, perf);
+  });
 }
 
 inline ConvChoice ChooseBackwardFilter(cudnnHandle_t h, const CudnnSwitches& s,
     cudnnTensorDescriptor_t x, const void* x_data, cudnnTensorDescriptor_t dy,
     const void* dy_data, cudnnConvolutionDescriptor_t conv, cudnnFilterDescriptor_t dw,
     void* out, void* workspace, const std::string& what) {
-  const int n = CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT;
-  cudnnConvolutionBwdFilterAlgoPerf_t perf[n];
-  int count = 0;
-  SetMath(conv, QueryMath(s));
-  cudnnStatus_t status = s.measure
-      ? cudnnFindConvolutionBackwardFilterAlgorithmEx(h, x, x_data, dy, dy_data, conv, dw, out,
-                                                      n, &count, perf, workspace,
-                                                      s.workspace_bytes())
-      : cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, x, dy, conv, dw, n, &count, perf);
-  ConvChoice c = Pick(status, perf, count, s, what + " backward filter");
-  SetMath(conv, c.math);
-  return c;
+  return Choose<cudnnConvolutionBwdFilterAlgoPerf_t, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT>(
+      conv, s, what + " backward filter",
+      [&](cudnnConvolutionBwdFilterAlgoPerf_t* perf, int n, int* count) {
+    return s.measure ? cudnnFindConvolutionBackwardFilterAlgorithmEx(h, x, x_data, dy, dy_data,
+                           conv, dw, out, n, count, perf, workspace, s.workspace_bytes())
+                     : cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, x, dy, conv, dw, n,
+                           count, perf);
+  });
 }
 
 inline ConvChoice ChooseBackwardData(cudnnHandle_t h, const CudnnSwitches& s,
     cudnnFilterDescriptor_t w, const void* w_data, cudnnTensorDescriptor_t dy,
     const void* dy_data, cudnnConvolutionDescriptor_t conv, cudnnTensorDescriptor_t dx,
     void* out, void* workspace, const std::string& what) {
-  const int n = CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT;
-  cudnnConvolutionBwdDataAlgoPerf_t perf[n];
-  int count = 0;
-  SetMath(conv, QueryMath(s));
-  cudnnStatus_t status = s.measure
-      ? cudnnFindConvolutionBackwardDataAlgorithmEx(h, w, w_data, dy, dy_data, conv, dx, out,
-                                                    n, &count, perf, workspace,
-                                                    s.workspace_bytes())
-      : cudnnGetConvolutionBackwardDataAlgorithm_v7(h, w, dy, conv, dx, n, &count, perf);
-  ConvChoice c = Pick(status, perf, count, s, what + " backward data");
-  SetMath(conv, c.math);
-  return c;
+  return Choose<cudnnConvolutionBwdDataAlgoPerf_t, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT>(
+      conv, s, what + " backward data",
+      [&](cudnnConvolutionBwdDataAlgoPerf_t* perf, int n, int* count) {
+    return s.measure ? cudnnFindConvolutionBackwardDataAlgorithmEx(h, w, w_data, dy, dy_data,
+                           conv, dx, out, n, count, perf, workspace, s.workspace_bytes())
+                     : cudnnGetConvolutionBackwardDataAlgorithm_v7(h, w, dy, conv, dx, n, count,
+                           perf);
+  });
 }
 
 }  // namespace cudnn
