@@ -101,7 +101,7 @@ def _cudnn_wheel() -> Path | None:
 @pytest.mark.slow
 def test_patched_layers_compile_against_cudnn9(tmp_path):
     """What every cuDNN build compiles, here without building Caffe: the installer's own
-    apply_cudnn_fixes on the pinned source, then the three changed translation units."""
+    apply_cuda_fixes on the pinned source, then the changed translation units."""
     dsc = Path(os.environ.get("CAFFE_ROOT", "/opt/caffe")) / "cache" / "caffe_1.0.0+git20180821.99bd997-8.dsc"
     cudnn = _cudnn_wheel()
     if not (dsc.is_file() and shutil.which("nvcc") and cudnn and shutil.which("protoc")):
@@ -119,7 +119,7 @@ def test_patched_layers_compile_against_cudnn9(tmp_path):
     cublas = cudnn.parent / "cu13" / "include"  # cublas_v2.h, curand.h where the toolkit has none
     includes += [f"-I{cublas}"] if cublas.is_dir() else []
     for unit in ("src/caffe/layers/cudnn_conv_layer.cpp", "src/caffe/common.cpp",
-                 "src/caffe/layers/cudnn_conv_layer.cu"):
+                 "src/caffe/layers/cudnn_conv_layer.cu", "src/caffe/layer_factory.cpp"):  # the last: the header
         run = subprocess.run(["nvcc", "-c", "-O2", "-gencode", "arch=compute_90,code=sm_90", "-DUSE_CUDNN",
                               "-DUSE_LMDB", "-DUSE_OPENCV", "-DNDEBUG", "-Xcompiler", "-Wall,-Wno-sign-compare,"
                               "-Wno-uninitialized,-Wno-switch", *includes, unit, "-o", str(tmp_path / "unit.o")],

@@ -272,8 +272,8 @@ def write_report(results_dir: str | Path | list[Path], out_dir: str | Path, json
     except OSError as e:
         raise CaffeTransferError(f"cannot write report folder {out_dir}: {e.strerror or e}") from None
     write_atomic(out_dir / "runs.csv", _csv(summary["runs"], ["name", "treatment", "family", "split", "n", "score",
-                                                              "evaluations", "last_iteration", "max_iter", "files", "curve",
-                                                              "cudnn"]))
+                                                              "evaluations", "last_iteration", "max_iter", "files",
+                                                              "curve", "cudnn"]))
     means = [{"family": f, "n": n, "mean": summary["layers"][f][n - 1]} for f in FAMILIES for n in range(1, 8)]
     write_atomic(out_dir / "layer_means.csv", _csv(means, ["family", "n", "mean"]))
     t1 = [{"layers": k, **v} for k, v in summary["table1"].items()]
