@@ -113,6 +113,7 @@ PROBES = [
     ("gen -t AnB --n 3 --split 0 --out {t}/o --data-root {t}/afile", "is a file"),
     ("gen -t AnB --n 3 --split 0 --out {t}/o --backend hdf5", "'hdf5' is not one of"),
     ("gen -t AnB --n 3 --split 0 --out {t}/o --engine tensorrt", "'tensorrt' is not one of"),
+    ("gen -t AnB --n 3 --split 0 --out {t}/o --cudnn tf32=on", "--cudnn tf32=on: expected 0 or 1"),
     ("gen -t AnB --n 3 --split 0 --out {t}/o --fc8-outputs 0", "expected a positive number or 'classes'"),
     ("gen -t AnB --n 3 --split 0 --out {t}/o --fc8-outputs wide", "expected a positive number or 'classes'"),
     ("gen -t AnB --n 3 --split 0 --out {t}/o --solver max_iter=abc", "max_iter='abc': expected an integer"),
@@ -158,6 +159,7 @@ PROBES = [
     ("demo --out {t}/o --workers 0", "range"),
     # plan
     ("plan --out {t}/p --engine fast", "'fast' is not one of"),
+    ("plan --out {t}/p --cudnn algo=fast", "--cudnn algo=fast: expected heuristic or measure"),
     ("plan --out {t}/o --experiments natman,everything", "'everything': expected some of"),
     ("plan --out {t}/o --experiments natman,,random", "without empty items"),
     ("plan --out {t}/o --splits 0,5", "'5': expected some of 0, 1, 2, 3"),

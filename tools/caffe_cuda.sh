@@ -1,7 +1,9 @@
 # CUDA's libraries and cuDNN for a CUDA build, sourced by tools/install_caffe.sh: the toolkit's
 # where it has them, else NVIDIA's wheels in PYTHON's environment. find_cuda_libraries sets
 # cuda_args (CMake arguments), CUDNN_VERSION and CUDNN_HEADER, and puts on CPATH the headers
-# that Caffe includes without a CMake include path.
+# that Caffe includes without a CMake include path. apply_cuda_fixes patches Caffe's source for
+# today's CUDA and, with CUDNN_VERSION set, cuDNN 8 and newer (tools/caffe_fixes/;
+# tests/test_cudnn_switches.py applies it alone and compiles what it changed).
 
 # The folder of the wheel package nvidia.NAME (cu13, cudnn, ...), if PYTHON has it.
 wheel_dir() {
@@ -63,7 +65,34 @@ find_cuda_libraries() {
     done
     [ -n "$CUDNN_VERSION" ] || [ "$CAFFE_CUDNN" = auto ] \
       || die "CAFFE_CUDNN=1 but no cuDNN found (CUDNN_ROOT, $CUDA_HOME, /usr/include, or pip install nvidia-cudnn-cu13 into $PY_EXE's environment)"
-    [ -z "$CUDNN_VERSION" ] || [ "${CUDNN_VERSION%%.*}" -ge 5 ] || die "cuDNN $CUDNN_VERSION: Caffe needs cuDNN 5 or newer"
+    [ -z "$CUDNN_VERSION" ] || [ "${CUDNN_VERSION%%.*}" -ge 8 ] || die "cuDNN $CUDNN_VERSION: this build needs cuDNN 8 or newer (tools/caffe_fixes)"
   fi
   [ -n "$CUDNN_VERSION" ] || cuda_args+=(-DUSE_CUDNN=OFF)
+}
+
+# Caffe's source in $1 made to build with CUDA 13 and, where CUDNN_VERSION is set, cuDNN >= 8
+# (CUDNN_HEADER: its cudnn_version.h), with the switches of tools/caffe_fixes/cudnn_switches.hpp;
+# each change checked that it applied.
+apply_cuda_fixes() {
+  local SRC=$1
+  # CUDA 13 removed these cudaDeviceProp fields; only DeviceQuery prints them.
+  sed -i -e '/prop\.clockRate/d' -e '/prop\.kernelExecTimeoutEnabled/d' -e '/prop\.deviceOverlap/d' \
+    -e '/Concurrent copy and execution/d' -e '/Kernel execution timeout/d' "$SRC/src/caffe/common.cpp"
+  [ -n "$CUDNN_VERSION" ] || return 0
+  # cuDNN 8 moved the version to cudnn_version.h and removed the algorithm choosers Caffe calls.
+  sed -i "s|file(READ \${CUDNN_INCLUDE}/cudnn.h CUDNN_VERSION_FILE_CONTENTS)|file(READ $CUDNN_HEADER CUDNN_VERSION_FILE_CONTENTS)|" \
+    "$SRC/cmake/Cuda.cmake"
+  grep -qF "file(READ $CUDNN_HEADER " "$SRC/cmake/Cuda.cmake" || die "cuDNN version fix did not apply to cmake/Cuda.cmake"
+  cp "$HERE/caffe_fixes/cudnn8_algo.hpp" "$SRC/include/caffe/util/"
+  sed -i 's|^#include <cudnn.h>$|&\n#include "caffe/util/cudnn8_algo.hpp"|' "$SRC/include/caffe/util/cudnn.hpp"
+  grep -q '^#include "caffe/util/cudnn8_algo.hpp"' "$SRC/include/caffe/util/cudnn.hpp" \
+    || die "cuDNN 8 algorithm fix did not apply to include/caffe/util/cudnn.hpp"
+  # The switches CAFFE_CUDNN_WORKSPACE_MB, CAFFE_CUDNN_ALGO, CAFFE_CUDNN_DETERMINISTIC, CAFFE_TF32
+  # (docs/gpu.md); none set keeps Caffe's algorithm rule.
+  cp "$HERE/caffe_fixes/cudnn_switches.hpp" "$HERE/caffe_fixes/cudnn_conv_choice.hpp" "$SRC/include/caffe/util/"
+  patch -d "$SRC" -p1 --forward --batch --quiet < "$HERE/caffe_fixes/cudnn_switches.patch" >/dev/null \
+    || die "the cuDNN switches patch did not apply (tools/caffe_fixes/cudnn_switches.patch)"
+  grep -q 'ChooseAlgorithms(i, \*bottom\[i\], \*top\[i\])' "$SRC/src/caffe/layers/cudnn_conv_layer.cpp" \
+    && grep -q 'SetCublasMath(cublas_handle_)' "$SRC/src/caffe/common.cpp" \
+    || die "cuDNN switches did not apply to src/caffe/layers/cudnn_conv_layer.cpp and src/caffe/common.cpp"
 }

@@ -211,21 +211,7 @@ grep -q 'SetTotalBytesLimit(kProtoReadBytesLimit)' "$SRC/src/caffe/util/io.cpp" 
 patch -d "$SRC" -p1 --forward --batch --quiet < "$HERE/caffe_fixes/parallel_data_layer.patch" >/dev/null \
   || die "the DataLayer patch did not apply (tools/caffe_fixes/parallel_data_layer.patch)"
 grep -q 'CAFFE_DATA_THREADS' "$SRC/src/caffe/layers/data_layer.cpp" || die "the DataLayer patch did not apply"
-if [ "$CUDA" = 1 ]; then
-  # CUDA 13 removed these cudaDeviceProp fields; only DeviceQuery prints them.
-  sed -i -e '/prop\.clockRate/d' -e '/prop\.kernelExecTimeoutEnabled/d' -e '/prop\.deviceOverlap/d' \
-    -e '/Concurrent copy and execution/d' -e '/Kernel execution timeout/d' "$SRC/src/caffe/common.cpp"
-fi
-if [ -n "$CUDNN_VERSION" ] && [ "${CUDNN_VERSION%%.*}" -ge 8 ]; then
-  # cuDNN 8 moved the version to cudnn_version.h and removed the algorithm choosers Caffe calls.
-  sed -i "s|file(READ \${CUDNN_INCLUDE}/cudnn.h CUDNN_VERSION_FILE_CONTENTS)|file(READ $CUDNN_HEADER CUDNN_VERSION_FILE_CONTENTS)|" \
-    "$SRC/cmake/Cuda.cmake"
-  grep -qF "file(READ $CUDNN_HEADER " "$SRC/cmake/Cuda.cmake" || die "cuDNN version fix did not apply to cmake/Cuda.cmake"
-  cp "$HERE/caffe_fixes/cudnn8_algo.hpp" "$SRC/include/caffe/util/"
-  sed -i 's|^#include <cudnn.h>$|&\n#include "caffe/util/cudnn8_algo.hpp"|' "$SRC/include/caffe/util/cudnn.hpp"
-  grep -q '^#include "caffe/util/cudnn8_algo.hpp"' "$SRC/include/caffe/util/cudnn.hpp" \
-    || die "cuDNN 8 algorithm fix did not apply to include/caffe/util/cudnn.hpp"
-fi
+[ "$CUDA" = 0 ] || apply_cuda_fixes "$SRC"
 
 # --- build ----------------------------------------------------------------------------------
 cmake_args=(-DCMAKE_BUILD_TYPE=Release -DCMAKE_INSTALL_PREFIX="$CAFFE_ROOT"

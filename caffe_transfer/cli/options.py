@@ -10,6 +10,7 @@ import click
 
 from caffe_transfer.cli.types import (
     CommaList,
+    CudnnSwitch,
     FcOutputs,
     PositiveFloat,
     RatesFile,
@@ -70,11 +71,11 @@ def treatment_options(f):
     return f
 
 
-def _gen_options(arch, data_root, backend, fc8_outputs, cpu, engine, solver):
+def _gen_options(arch, data_root, backend, fc8_outputs, cpu, engine, cudnn, solver):
     from caffe_transfer.runs.gen import GenOptions
 
     return GenOptions(arch=arch, data_root=data_root, backend=backend, fc8_outputs=fc8_outputs, gpu=not cpu,
-                      engine=engine, solver=dict(solver))
+                      engine=engine, cudnn=dict(cudnn), solver=dict(solver))
 
 
 net_options = option_group("Nets and solver", "options", [
@@ -91,6 +92,10 @@ net_options = option_group("Nets and solver", "options", [
     (("--engine",), dict(type=click.Choice(["caffe", "cudnn"]),
                          help="Engine of every layer that has one: caffe (Caffe's own code, the 2014 numerics) or "
                          "cudnn (faster, not bit-deterministic). Default: Caffe's (cuDNN in a cuDNN build).")),
+    (("--cudnn",), dict(multiple=True, type=CudnnSwitch(),
+                        help="A cuDNN build's switch for this run's Caffe, recorded in treatment.json: workspace_mb=N "
+                        "(MiB per layer, default 8), algo=heuristic|measure, deterministic=0|1, tf32=0|1 (repeatable; "
+                        "docs/gpu.md).")),
     (("--solver",), dict(multiple=True, type=SolverOverride(),
                          help="Override a solver value, e.g. --solver max_iter=1000 (repeatable).")),
 ], _gen_options)

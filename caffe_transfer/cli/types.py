@@ -46,6 +46,20 @@ class SolverOverride(_Pair):
         return parse_override(key, text)
 
 
+class CudnnSwitch(_Pair):
+    """KEY=VALUE of a cuDNN build's switches: (Caffe's environment variable, value)."""
+
+    name, example = "KEY=VALUE", "algo=measure"
+
+    def parse(self, value, param, ctx):
+        from caffe_transfer.runs.cudnn import parse_switch
+
+        return parse_switch(*super().parse(value, param, ctx))
+
+    def parse_value(self, key, text, param, ctx):
+        return text
+
+
 class ClassSet(_Pair):
     """NAME=FILE with FILE a file of class indices or wnids: (name, sorted class indices)."""
 

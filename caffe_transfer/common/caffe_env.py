@@ -236,7 +236,8 @@ def doctor() -> list[Check]:
                                             "build cannot train without a GPU, even with --cpu (its data "
                                             "threads call CUDA): CAFFE_CUDA=0 builds a CPU-only Caffe"))
         cudnn = cudnn_version()
-        checks.append(Check("cuDNN", True, f"cuDNN {cudnn} (layers run it unless gen --engine caffe)" if cudnn
+        checks.append(Check("cuDNN", True, f"cuDNN {cudnn} (layers run it unless gen --engine caffe; "
+                            "its switches: gen --cudnn, docs/gpu.md)" if cudnn
                             else "not built in: Caffe's own GPU code (CAFFE_CUDNN=1 tools/install_caffe.sh "
                                  "builds it with cuDNN)"))
     else:

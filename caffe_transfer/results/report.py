@@ -28,7 +28,7 @@ from caffe_transfer.model.treatments import N_TRANSFERABLE, Kind, Treatment
 from caffe_transfer.results import curves
 from caffe_transfer.results.findings import Z
 from caffe_transfer.results.paper import compare_with_paper
-from caffe_transfer.runs import logs
+from caffe_transfer.runs import cudnn, logs
 from caffe_transfer.runs.folder import Run, State
 
 METRIC = "mean of the 10 highest val top-1 accuracies over all test evaluations (logs merged by iteration, later file winning)"
@@ -48,6 +48,7 @@ class RunResult:
     problems: list[str] = field(default_factory=list)
     curve: curves.CurveCheck | None = None
     state: tuple[State, str] | None = None  # as the run folder's owner says, for folders gen wrote
+    cudnn: str = ""  # the cuDNN switches gen recorded (runs.cudnn.describe); '': Caffe's defaults
 
     @property
     def finished(self) -> bool:
@@ -58,9 +59,9 @@ class RunResult:
         return self.last_iteration is not None and self.last_iteration >= self.max_iter
 
 
-def _state(folder: Path) -> tuple[State, str] | None:
+def _run(folder: Path) -> Run | None:
     try:
-        return Run.load(folder).state()
+        return Run.load(folder)
     except CaffeTransferError:  # not a folder of this version of gen (the authors', or an older one)
         return None
 
@@ -70,9 +71,11 @@ def _collect_one(folder: Path) -> RunResult:
     tables = logs.read_run(folder, train=False, name=treatment.name)
     acc = tables.accuracies()
     last = max([tables.last_iteration or 0] + [r["NumIters"] for r in tables.test]) if tables.files else None
+    run = _run(folder)
     return RunResult(folder.name, treatment, logs.score(acc), len(acc), last, int(solver["max_iter"]),
                      [p.name for p in tables.files], tables.problems,
-                     curves.compare(folder.name, treatment, solver, arch, tables.test), _state(folder))
+                     curves.compare(folder.name, treatment, solver, arch, tables.test),
+                     run.state() if run else None, cudnn.describe(run.description.get("cudnn")) if run else "")
 
 
 def collect(results_dirs: str | Path | list[Path], workers: int | None = None) -> tuple[list[RunResult], list[str]]:
@@ -170,7 +173,7 @@ def summarize(runs: list[RunResult], base_half: str | None = None) -> dict:
                   "evaluations": r.evaluations, "last_iteration": r.last_iteration,
                   "max_iter": r.max_iter, "files": r.files, "problems": r.problems,
                   "curve": r.curve.label if r.curve else None,
-                  "curve_flagged": bool(r.curve and r.curve.flagged)} for r in runs],
+                  "curve_flagged": bool(r.curve and r.curve.flagged), "cudnn": r.cudnn} for r in runs],
     }
 
 
@@ -235,6 +238,10 @@ def text_report(summary: dict, comparison: list[dict], incomplete: list[dict], u
     if checked:
         lines += ["", "Latest test against the authors' curve of the same kind (mean ± SD at that iteration):"]
         lines += [f"  {r['name']:24} {r['curve']}" for r in checked]
+    switched = [r for r in summary["runs"] if r["cudnn"]]
+    if switched:
+        lines += ["", "Runs under cuDNN switches (gen --cudnn; the others ran Caffe's defaults):"]
+        lines += [f"  {r['name']:24} {_fmt(r['score'])}  {r['cudnn']}" for r in switched]
     lines += ["", f"Runs with missing, stub or incomplete logs ({len(incomplete)}):"]
     lines += [f"  {r['name']}: {'; '.join(r['problems'])}" for r in incomplete] or ["  none"]
     if unknown:
@@ -265,7 +272,8 @@ def write_report(results_dir: str | Path | list[Path], out_dir: str | Path, json
     except OSError as e:
         raise CaffeTransferError(f"cannot write report folder {out_dir}: {e.strerror or e}") from None
     write_atomic(out_dir / "runs.csv", _csv(summary["runs"], ["name", "treatment", "family", "split", "n", "score",
-                                                              "evaluations", "last_iteration", "max_iter", "files", "curve"]))
+                                                              "evaluations", "last_iteration", "max_iter", "files",
+                                                              "curve", "cudnn"]))
     means = [{"family": f, "n": n, "mean": summary["layers"][f][n - 1]} for f in FAMILIES for n in range(1, 8)]
     write_atomic(out_dir / "layer_means.csv", _csv(means, ["family", "n", "mean"]))
     t1 = [{"layers": k, **v} for k, v in summary["table1"].items()]

@@ -35,7 +35,7 @@ from caffe_transfer.model.architectures import (
 )
 from caffe_transfer.model.solvers import solver_values
 from caffe_transfer.model.treatments import Kind, Treatment, authors_grid
-from caffe_transfer.runs import folder
+from caffe_transfer.runs import cudnn, folder
 from caffe_transfer.runs.folder import (
     SNAPSHOT_DIR,
     foreign_files,
@@ -68,6 +68,7 @@ class GenOptions:
     base_weights: Path | None = None      # None: the base run's final snapshot beside this run
     gpu: bool = True
     engine: str | None = None  # "caffe" or "cudnn" on every layer that has both; None: Caffe's default
+    cudnn: dict = field(default_factory=dict)  # a cuDNN build's switches (runs.cudnn), by variable
     solver: dict = field(default_factory=dict)  # overrides of the schedule's values
 
 
@@ -253,11 +254,12 @@ def render_run(treatment: Treatment, options: GenOptions, out_dir: Path) -> dict
         "snapshot_prefix": snapshot_prefix(treatment.name),
         "fingerprint": str(fingerprint),
         "engine": options.engine,
+        "cudnn": options.cudnn,
         "generator": f"caffe-transfer {__version__}",
     }
     script = folder.script_values(treatment, solver["max_iter"], fingerprint, base_weights,
                                   options.base_weights is not None)
-    files["run.sh"] = env.get_template("run.sh.j2").render(**script, **common)
+    files["run.sh"] = env.get_template("run.sh.j2").render(**script, **common, cudnn=cudnn.environment(options.cudnn))
     description["files"] = {name: digest(text) for name, text in files.items()}  # what is gen's to rewrite
     return {**files, folder.DESCRIPTION: json.dumps(description, indent=2) + "\n"}
 

@@ -30,7 +30,7 @@ from caffe_transfer.common.caffe_env import cuda_build, data_threads, tool
 from caffe_transfer.common.errors import CaffeTransferError
 from caffe_transfer.common.progress import progress as progress_bar
 from caffe_transfer.model.treatments import Kind
-from caffe_transfer.runs import logs
+from caffe_transfer.runs import cudnn, logs
 from caffe_transfer.runs.folder import INIT, KILLED_BY, SESSION, SIGNALS, Run, State
 from caffe_transfer.runs.lock import Lock
 
@@ -130,7 +130,8 @@ def train(run_dir: str | Path, gpu: int | None = None, progress: bool = True, th
         if begin.note and on_note:
             on_note(begin.note)
         cmd = command(run, begin, gpu)
-        env = {**os.environ, **(environment or {}), "GLOG_logtostderr": "1", "GLOG_minloglevel": "0"}
+        env = {**os.environ, **(environment or {}), "GLOG_logtostderr": "1", "GLOG_minloglevel": "0",
+               **cudnn.environment(run.description.get("cudnn"))}
         if threads:
             env["OPENBLAS_NUM_THREADS"] = str(threads)
         count(begin.iteration)
