@@ -71,7 +71,7 @@ def test_report_writes_figures_tables_and_json(authors_report):
         assert (out / f"{stem}.png").stat().st_size > 10_000
         assert (out / f"{stem}.pdf").read_bytes().startswith(b"%PDF")
     runs = (out / "runs.csv").read_text().splitlines()
-    assert runs[0] == "name,treatment,family,split,n,score,evaluations,last_iteration,max_iter,files,curve"
+    assert runs[0] == "name,treatment,family,split,n,score,evaluations,last_iteration,max_iter,files,curve,cudnn"
     assert len(runs) == 171
     assert (out / "table1.csv").read_text().splitlines()[0] == "layers,over_baseB,over_BnB+"
     data = json.loads((out / "numbers.json").read_text())
