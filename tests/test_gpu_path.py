@@ -203,6 +203,16 @@ def test_gpu_check_dry_run_runs_every_step_that_needs_no_gpu(dry_run):
     assert all(r["loss_falls"] for r in report["rates"])
     assert report["price"]["one_net"]["gpu_hours"] > 0 and report["price"]["one_net"]["gpus"] == 8
     assert report["agree"] == "skipped: needs a GPU" and report["torch"] == "skipped: needs a GPU"
+    # #25's switches parsed as `gen --cudnn` parses them, and nothing run with them without a GPU
+    assert report["cudnn_settings"] == {
+        "default": {}, "measure": {"CAFFE_CUDNN_WORKSPACE_MB": "1024", "CAFFE_CUDNN_ALGO": "measure"},
+        "deterministic": {"CAFFE_CUDNN_WORKSPACE_MB": "1024", "CAFFE_CUDNN_ALGO": "measure",
+                          "CAFFE_CUDNN_DETERMINISTIC": "1"},
+        "tf32": {"CAFFE_CUDNN_WORKSPACE_MB": "1024", "CAFFE_CUDNN_ALGO": "measure", "CAFFE_CUDNN_DETERMINISTIC": "1",
+                 "CAFFE_TF32": "1"}}
+    assert report["curves"] == "skipped: needs a GPU" and [t["setting"] for t in report["time"]] == ["default"]
+    assert "cuDNN settings: default (none set); measure CAFFE_CUDNN_WORKSPACE_MB=1024 CAFFE_CUDNN_ALGO=measure" \
+        in proc.stdout
     for memory in out.glob("*/memory.prototxt"):
         fillers = [f.type for f in protos.read_net(memory).layer[0].dummy_data_param.data_filler]
         assert fillers == ["constant", "constant"], memory

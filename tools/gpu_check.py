@@ -14,10 +14,16 @@ figures (verdicts, nets per GPU, the grid's price, the goals).
   price    the grid priced by `plan --rates`'s owner (grid/rates.py) from the gpu_check.json just
            written: GPU-hours and wall-clock, at one net per GPU and the recommended N
   agree    one SGD step of the small net (no dropout) on the GPU and on the CPU, each engine
-  torch    the same CaffeNet in PyTorch, if torch imports and sees a GPU
+  torch    the same CaffeNet in PyTorch, FP32 and TF32, if torch imports and sees a GPU
+  cudnn    on the GPU with cuDNN, under each of SETTINGS (#25's switches): `caffe time` as above
+           with the algorithms Caffe's log says it chose, and CURVE_ITER iterations of the base
+           through the DataLayer from one init (the solver's random_seed): the largest loss gap to
+           the default's against two default runs' spread, and whether the deterministic runs end
+           bit-identical, at what ms/iteration
 
 With --dry-run every step that needs no GPU runs on the CPU with the small net and a few
-iterations (CI runs it); its figures are the CPU's, the GPU-only steps are recorded as skipped.
+iterations (CI runs it); its figures are the CPU's, the GPU-only steps are recorded as skipped
+(SETTINGS only parsed, as `gen --cudnn` parses them).
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ from caffe_transfer.data.lmdb.datum import datum_parts, write_mean
 from caffe_transfer.grid.rates import rate_kind
 from caffe_transfer.model.architectures import architecture
 from caffe_transfer.model.treatments import parse
-from caffe_transfer.runs import gen
+from caffe_transfer.runs import cudnn, gen
 from caffe_transfer.runs.folder import SNAPSHOT_DIR, snapshot_file, snapshot_prefix
 from caffe_transfer.runs.logs import parse_file
 from caffe_transfer.runs.transplant import transplant
@@ -51,6 +57,11 @@ from gpu_check_report import PACKED, PACKINGS, goals, grid_price, rates_json, re
 # Sized for the 8-minute budget on a fresh 16-core GPU machine, build included (docs/gpu.md).
 REAL = {"arch": "caffenet", "images": 1024, "iter": 60, "display": 10, "time_iter": 10}
 DRY = {"arch": "small", "images": 128, "iter": 20, "display": 5, "time_iter": 2}
+_MEASURE = ("workspace_mb=1024", "algo=measure")
+SETTINGS = {"default": (), "measure": _MEASURE, "deterministic": (*_MEASURE, "deterministic=1"),
+            "tf32": (*_MEASURE, "deterministic=1", "tf32=1")}  # `--cudnn KEY=VALUE`s, each adding to the last
+CURVE_RUNS = {"default": 2, "measure": 1, "deterministic": 3, "tf32": 1}  # default twice: the run-to-run spread
+CURVE_ITER = 200
 CLASSES = 10
 BASE = PACKED["base"]  # measured first: its snapshot seeds the transfers
 TRANSFERS = (PACKED["frozen"], "transfer0A0B_1_5", "transfer-ft0A0B_1_3")  # frozen low n, high n, fine-tuned
@@ -59,15 +70,18 @@ AGREE_TOLERANCE = {"caffe": 1e-4, "cudnn": 1e-2}  # of the step's size; cuDNN ma
 _TIME = re.compile(r"\]\s+(?P<layer>\S+)\s+(?P<pass>forward|backward): (?P<ms>[0-9.]+) ms\.")
 _AVERAGE = re.compile(r"Average (?P<what>Forward pass|Backward pass|Forward-Backward): (?P<ms>[0-9.]+) ms\.")
 _SPEED = re.compile(r"Iteration (?P<iteration>\d+) \((?P<rate>\S+) iter/s")
+_ALGORITHMS = re.compile(r"cuDNN convolution (?P<choice>.*)$", re.M)
 
 
 # --- running Caffe -------------------------------------------------------------------------
-def caffe_all(jobs: list[tuple[list, Path, Path]], gpu: bool, threads: int) -> tuple[list[str], int | None]:
-    """Run the caffe tool once per (args, folder, log) at once, with CAFFE_DATA_THREADS=threads;
+def caffe_all(jobs: list[tuple[list, Path, Path]], gpu: bool, threads: int,
+              switches: dict[str, str] | None = None) -> tuple[list[str], int | None]:
+    """Run the caffe tool once per (args, folder, log) at once, with CAFFE_DATA_THREADS=threads and
+    the cuDNN switches (the others empty: Caffe's defaults, whatever the caller's shell set);
     their logs' text and the memory they held together at peak, in MiB: on the GPU the card's
     used memory above what it used before they started, in a dry run their resident memory."""
     env = {**os.environ, "GLOG_minloglevel": "0", "GLOG_logtostderr": "1",  # pycaffe's import quiets glog
-           "CAFFE_DATA_THREADS": str(threads)}
+           "CAFFE_DATA_THREADS": str(threads), **cudnn.environment(switches)}
     before = gpu_used_mib() if gpu else 0
     procs = []
     for args, cwd, log in jobs:
@@ -87,8 +101,9 @@ def caffe_all(jobs: list[tuple[list, Path, Path]], gpu: bool, threads: int) -> t
     return texts, peak or None
 
 
-def caffe(args: list, cwd: Path, log: Path, gpu: bool, threads: int) -> tuple[str, int | None]:
-    texts, peak = caffe_all([(args, cwd, log)], gpu, threads)
+def caffe(args: list, cwd: Path, log: Path, gpu: bool, threads: int,
+          switches: dict[str, str] | None = None) -> tuple[str, int | None]:
+    texts, peak = caffe_all([(args, cwd, log)], gpu, threads, switches)
     return texts[0], peak
 
 
@@ -210,18 +225,21 @@ def blobs(path: Path, names: list[str] | None = None) -> dict[str, list[np.ndarr
 
 
 # --- measurements --------------------------------------------------------------------------
-def time_net(cfg: dict, data: Path, out: Path, engine: str, gpu: bool) -> dict:
-    """`caffe time` of the base net at its training batch, fed from memory."""
-    run = write_run(out / f"time_{engine}", BASE, cfg, data, gpu, 1, engine=engine)
+def time_net(cfg: dict, data: Path, out: Path, engine: str, gpu: bool, setting: str = "default",
+             switches: dict[str, str] | None = None) -> dict:
+    """`caffe time` of the base net at its training batch, fed from memory, under a cuDNN
+    setting; the algorithms cuDNN layers chose, as Caffe's log names them."""
+    run = write_run(out / f"time_{engine}_{setting}", BASE, cfg, data, gpu, 1, engine=engine)
     fed_from_memory(run, "time")
     text, _ = caffe(["time", "-model", "time.prototxt", "-iterations", cfg["time_iter"], *on(gpu)],
-                    run, run / "time.log", gpu, cfg["threads"])
+                    run, run / "time.log", gpu, cfg["threads"], switches)
     layers: dict = {}
     for m in _TIME.finditer(text):
         layers.setdefault(m["layer"], {})[m["pass"] + "_ms"] = float(m["ms"])
     average = {m["what"]: float(m["ms"]) for m in _AVERAGE.finditer(text)}
-    return {"engine": engine, "forward_ms": average.get("Forward pass"), "backward_ms": average.get("Backward pass"),
-            "iteration_ms": average.get("Forward-Backward"), "layers": layers}
+    return {"engine": engine, "setting": setting, "forward_ms": average.get("Forward pass"),
+            "backward_ms": average.get("Backward pass"), "iteration_ms": average.get("Forward-Backward"),
+            "layers": layers, "algorithms": [m["choice"] for m in _ALGORITHMS.finditer(text)]}
 
 
 def seed(run: Path, base_model: Path, fill: str | None) -> tuple[Path, str]:
@@ -327,15 +345,41 @@ def agree(data: Path, out: Path, engine: str) -> dict:
             "agree": bool(worst <= AGREE_TOLERANCE[engine] and abs(gpu_loss - cpu_loss) <= 1e-3 * abs(cpu_loss))}
 
 
+def loss_curves(cfg: dict, data: Path, out: Path, settings: dict[str, dict[str, str]]) -> dict:
+    """CURVE_RUNS trainings of the base on the GPU with cuDNN through the DataLayer, CURVE_ITER
+    iterations at display 1, under each setting, all from one init and one data order (the
+    solver's random_seed seeds the fillers, crop, mirror and dropout): each setting's largest
+    per-iteration loss gap to the default's first run against the two default runs' (the
+    spread); the deterministic runs' final weights bit-identical, and their cost in ms/iteration."""
+    runs: dict[str, list] = {}
+    for name, count in CURVE_RUNS.items():
+        for k in range(count):
+            run = write_run(out / f"curve_{name}_{k}", BASE, {**cfg, "display": 1}, data, True, CURVE_ITER, "cudnn")
+            text, _ = caffe(["train", "-solver", "solver.prototxt", *on(True)], run, run / "train.log", True,
+                            cfg["threads"], settings[name])
+            losses = [row["loss"] for row in parse_file(run / "train.log").train if "loss" in row]
+            runs.setdefault(name, []).append((losses, speed(text),
+                                              blobs(run / snapshot_file(snapshot_prefix(BASE), CURVE_ITER))))
+    first = runs["default"][0][0]
+    gap = {name: max(abs(a - b) for a, b in zip(first, r[-1][0])) for name, r in runs.items()}
+    final = [r[2] for r in runs["deterministic"]]
+    ms = {name: statistics.median(x[1] for x in r) for name, r in runs.items()}
+    return {"iterations": CURVE_ITER, "spread": gap.pop("default"), "gap_to_default": gap,
+            "deterministic_identical": all(np.array_equal(a, b) for other in final[1:] for layer in other
+                                           for a, b in zip(final[0][layer], other[layer])),
+            "ms_per_iteration": ms, "deterministic_cost": ms["deterministic"] / ms["default"],
+            "losses": {name: [x[0] for x in r] for name, r in runs.items()}}
+
+
 def torch_caffenet(iterations: int = 20) -> dict:
-    """CaffeNet (groups, LRN, dropout), batch 256, FP32 without TF32, cuDNN, one SGD step per iteration."""
+    """CaffeNet (groups, LRN, dropout), batch 256, cuDNN, one SGD step per iteration: FP32 (TF32
+    off) and TF32 (on for convolutions and matrix products)."""
     import torch
     from torch import nn
 
     if not torch.cuda.is_available():
         return {"skipped": "torch sees no GPU"}
     torch.backends.cudnn.benchmark = True
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     lrn = lambda: nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0)  # noqa: E731
     net = nn.Sequential(
         nn.Conv2d(3, 96, 11, stride=4), nn.ReLU(), nn.MaxPool2d(3, 2, ceil_mode=True), lrn(),
@@ -347,15 +391,19 @@ def torch_caffenet(iterations: int = 20) -> dict:
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     x = torch.randn(256, 3, 227, 227, device="cuda")
     y = torch.randint(0, 1000, (256,), device="cuda")
-    for i in range(iterations + 5):
-        if i == 5:
-            torch.cuda.synchronize()
-            started = time.perf_counter()
-        opt.zero_grad()
-        nn.functional.cross_entropy(net(x), y).backward()
-        opt.step()
-    torch.cuda.synchronize()
-    return {"torch": torch.__version__, "iteration_ms": (time.perf_counter() - started) * 1000 / iterations}
+    ms = {}
+    for key, tf32 in (("iteration_ms", False), ("tf32_iteration_ms", True)):
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
+        for i in range(iterations + 5):
+            if i == 5:
+                torch.cuda.synchronize()
+                started = time.perf_counter()
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+        torch.cuda.synchronize()
+        ms[key] = (time.perf_counter() - started) * 1000 / iterations
+    return {"torch": torch.__version__, **ms}
 
 
 # --- the report ----------------------------------------------------------------------------
@@ -385,9 +433,12 @@ def main() -> None:
     r: dict = {"dry_run": args.dry_run, "build_seconds": args.build_seconds, "caffe_build": caffe_env.build_stamp(),
                "arch": cfg["arch"], "batch_size": arch.train_batch, "device": device(gpu),
                "data_threads": cfg["threads"]}
+    r["cudnn_settings"] = settings = {name: dict(cudnn.parse_switch(*s.split("=", 1)) for s in switches)
+                                      for name, switches in SETTINGS.items()}
     data = make_data(out / "data", arch.image_size, cfg["images"])
     engines = ["caffe", "cudnn"] if r["device"]["cudnn"] else ["caffe"]
-    r["time"] = [time_net(cfg, data, out, e, gpu) for e in engines]
+    timed = [(e, "default") for e in engines] + [("cudnn", s) for s in list(SETTINGS)[1:] if gpu and "cudnn" in engines]
+    r["time"] = [time_net(cfg, data, out, e, gpu, s, settings[s]) for e, s in timed]
     base = rate(cfg, data, out, gpu, BASE, None)
     r["rates"] = [base] + [rate(cfg, data, out, gpu, name, Path(base["final"]),
                                 "caffe" if args.dry_run and name == TOOL_FILLED else None) for name in TRANSFERS]
@@ -398,6 +449,7 @@ def main() -> None:
     write_atomic(out / "gpu_check.json", json.dumps(rates_json(r), indent=2) + "\n")
     r["price"] = grid_price(out / "gpu_check.json", r["recommended_nets_per_gpu"])  # what `plan --rates` reads
     r["agree"] = [agree(data, out, e) for e in engines] if gpu else "skipped: needs a GPU"
+    r["curves"] = loss_curves(cfg, data, out, settings) if gpu and "cudnn" in engines else "skipped: needs a GPU"
     try:
         r["torch"] = torch_caffenet() if gpu else "skipped: needs a GPU"
     except ImportError:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from caffe_transfer.grid.plan import select
 from caffe_transfer.grid.rates import SCHEMA, price, read_rates
+from caffe_transfer.runs import cudnn
 
 PACKED = {"base": "half0A", "frozen": "transfer0A0B_1_1"}  # the frozen net least bound by its data: the cautious ratio
 PLURAL = {"base": "bases", "frozen": "frozen transfers"}
@@ -66,15 +67,21 @@ def rates_json(r: dict) -> dict:
 
 def goals(r: dict) -> dict:
     """The issues' goals, read from the figures (None where a figure is missing)."""
-    ms = {t["engine"]: t["iteration_ms"] for t in r["time"]}
-    torch_ms = r["torch"].get("iteration_ms") if isinstance(r["torch"], dict) else None
+    # `caffe time` per engine at the default settings, and cuDNN's under each other setting by its name
+    ms = {t["engine"] if t["setting"] == "default" else t["setting"]: t["iteration_ms"] for t in r["time"]}
+    torch = r["torch"] if isinstance(r["torch"], dict) else {}
+
+    def within(mine: str, theirs: str, factor: float) -> bool | None:
+        return ms[mine] / torch[theirs] <= factor if ms.get(mine) and torch.get(theirs) else None
+
     speedup = ms["caffe"] / ms["cudnn"] if ms.get("caffe") and ms.get("cudnn") else None
-    vs_torch = ms["cudnn"] / torch_ms if ms.get("cudnn") and torch_ms else None
     alone = r["datalayer_alone_ms"]
     threads = str(r["data_threads"])
     near = {x["net"]: limited_by(x) is None for x in r["rates"] if x["kind"] in ("base", "frozen")}
     return {"cudnn_speedup_at_least_2.5": speedup >= 2.5 if speedup else None,
-            "within_2x_of_torch": vs_torch <= 2 if vs_torch else None,
+            "within_2x_of_torch": within("cudnn", "iteration_ms", 2),
+            "measure_1024_within_1.2x_of_torch_fp32": within("measure", "iteration_ms", 1.2),
+            "tf32_within_1.3x_of_torch_tf32": within("tf32", "tf32_iteration_ms", 1.3),
             "grid_at_most_900_gpu_hours": r["price"]["recommended"]["gpu_hours"] <= GRID_GOAL_HOURS,
             "datalayer_alone_4x_stock": alone["0"] / alone[threads] >= 4 if threads != "0" else None,
             "base_and_frozen_within_10%_of_memory": all(near.values()), "per_net": near}
@@ -86,9 +93,12 @@ def summary(r: dict) -> str:
              f"driver {d['driver']}, CUDA {d['cuda']}, cuDNN {d['cudnn'] or 'none'}, {d['memory_mib'] or '-'} MiB",
              f"  caffe: {r['caffe_build']}; build {r['build_seconds'] or '-'} s; {r['arch']} batch {r['batch_size']}; "
              f"CAFFE_DATA_THREADS={r['data_threads']}" + ("" if r["data_threads"] else " (no DataLayer patch)")]
+    lines.append("  cuDNN settings: " + "; ".join(f"{name} {cudnn.describe(switches) or '(none set)'}"
+                                                  for name, switches in r["cudnn_settings"].items()))
     for x in r["time"]:
-        lines.append(f"  caffe time ({x['engine']}): forward {x['forward_ms']} ms, backward {x['backward_ms']} ms, "
-                     f"iteration {x['iteration_ms']} ms")
+        setting = "" if x["setting"] == "default" else f", {x['setting']}"
+        lines.append(f"  caffe time ({x['engine']}{setting}): forward {x['forward_ms']} ms, "
+                     f"backward {x['backward_ms']} ms, iteration {x['iteration_ms']} ms")
     lines.append("  DataLayer alone: " + ", ".join(f"{ms:.1f} ms/batch at {t} threads" for t, ms in alone.items()))
     lines.append(f"  {'net (alone)':22} {'kind':14} {'DataLayer':>9} {'memory':>7} {'MiB':>6}  ms/iteration; verdict "
                  f"(margin {LIMIT_MARGIN:.0%}); loss")
@@ -116,6 +126,18 @@ def summary(r: dict) -> str:
                      f"{a['max_weight_diff_of_step']:.2e} of its size (tolerance {a['tolerance']}): {a['agree']}")
     if isinstance(r["agree"], str):
         lines.append(f"  GPU vs CPU: {r['agree']}")
+    c = r["curves"]
+    if isinstance(c, str):
+        lines.append(f"  cuDNN loss curves: {c}")
+    else:
+        ms, spread = c["ms_per_iteration"], c["spread"]
+        lines.append(f"  cuDNN loss curves, {c['iterations']} iterations from one init: two default runs differ by "
+                     f"at most {spread:.3g} (the spread); largest gap to default: " + ", ".join(
+                         f"{k} {v:.3g}" + (f" ({v / spread:.2f}x the spread)" if spread else "")
+                         for k, v in c["gap_to_default"].items()))
+        lines.append(f"  deterministic: its {len(c['losses']['deterministic'])} runs' final weights bit-identical: "
+                     f"{c['deterministic_identical']}; {ms['deterministic']:.1f} ms/iteration against "
+                     f"{ms['default']:.1f} by default ({c['deterministic_cost']:.2f}x)")
     lines.append(f"  torch CaffeNet: {r['torch'] if isinstance(r['torch'], str) else json.dumps(r['torch'])}")
     g = {k: v for k, v in r["goals"].items() if k != "per_net"}
     lines.append(f"  goals{' (of CPU figures: they mean nothing here)' if r['dry_run'] else ''}: "
