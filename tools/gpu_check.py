@@ -92,7 +92,7 @@ def caffe_all(jobs: list[tuple[list, Path, Path]], gpu: bool, threads: int,
     while any(p.poll() is None for p in procs):
         held = gpu_used_mib() - before if gpu else sum(resident_mib(p.pid) for p in procs if p.poll() is None)
         peak = max(peak, held)
-        time.sleep(0.25)
+        time.sleep(0.25 if gpu else 0.05)  # nvidia-smi is slow to ask; a dry run's processes are short
     texts = [log.read_text() for _, _, log in jobs]
     for (args, _, log), proc, text in zip(jobs, procs, texts):
         if proc.returncode != 0:
@@ -119,7 +119,7 @@ def resident_mib(pid: int) -> int:
     except OSError:  # it has just exited
         return 0
     found = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
-    return int(found.group(1)) // 1024 if found else 0
+    return -(-int(found.group(1)) // 1024) if found else 0  # rounded up: a live process holds some
 
 
 def on(gpu: bool) -> list:
