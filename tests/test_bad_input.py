@@ -648,3 +648,12 @@ def test_a_full_disk_during_train_shows_caffes_error_first(tmp_path, pb2):
     assert proc.stderr.startswith("Error: caffe train of half0A failed")
     assert "Check failed: proto.SerializeToOstream" in proc.stderr
     assert proc.stderr.rstrip().endswith(f"(and then: {disk}/run/status.json: No space left on device)")
+
+
+def test_a_reader_that_stops_early_ends_the_output_quietly():
+    """`caffe-transfer describe ... | head -1`: the closed pipe is the reader's choice, not an error
+    to print (it printed "Error: Broken pipe")."""
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "caffe-transfer"), "describe", "AnB", "--n", "3"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # before the command has written anything: it starts in about a second
+    assert proc.stderr.read() == "" and proc.wait(timeout=60) == 1

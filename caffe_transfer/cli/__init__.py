@@ -78,6 +78,8 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except click.UsageError as e:
             raise _without_usage(e) from None
+        except BrokenPipeError:
+            raise  # a reader that stopped early (`| head`): click ends quietly, as other tools do
         except Exception as e:
             message = one_line(e)
             if message is None:
