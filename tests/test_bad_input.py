@@ -371,6 +371,8 @@ ENV_PROBES = [
     EnvProbe("JOBS", "many", "tools/install_caffe.sh", "JOBS=many: expected a positive number"),
     EnvProbe("JOBS", "0", "tools/install_caffe.sh", "JOBS=0: expected a positive number"),
     EnvProbe("CUDA_ARCH_BIN", "sm_80", "tools/install_caffe.sh", "sm_80 is not a compute capability"),
+    EnvProbe("CUDA_ARCH_PTX", "9x", "tools/install_caffe.sh", 'CUDA_ARCH_PTX="9x": 9x is not a compute capability'),
+    EnvProbe("EXTRAS", "[test]", "tools/setup.sh", "EXTRAS=[test]: expected extras such as test"),
     EnvProbe("CUDNN_ROOT", "{t}/missing", "tools/install_caffe.sh", "CUDNN_ROOT={t}/missing: no such folder"),
     EnvProbe("BUNDLE_PYTHON", "three", "tools/install_caffe.sh --bundle {t}/o", "BUNDLE_PYTHON=three: expected"),
     EnvProbe("VENV", "{t}/afile", "tools/setup.sh", "VENV={t}/afile: not a folder"),

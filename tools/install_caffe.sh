@@ -23,7 +23,9 @@
 #                lib/), the CUDA toolkit, the system, or NVIDIA's nvidia-cudnn-cu* wheel in PYTHON's
 #                environment (cuBLAS and cuRAND likewise from nvidia-cublas/-curand wheels when
 #                the toolkit has none)
-#   CUDA_ARCH_BIN  CUDA architectures for a CUDA build (default "60 70 75 80 86 89 90")
+#   CUDA_ARCH_BIN  CUDA architectures to build native code for (default "60 70 75 80 86 89 90")
+#   CUDA_ARCH_PTX  architectures to also embed PTX for (default none): cards newer than every
+#                CUDA_ARCH_BIN compile it when Caffe loads (the Docker image: "90")
 #   JOBS         parallel build jobs (default: number of cores)
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -33,6 +35,7 @@ PYTHON=${PYTHON:-python3}
 CAFFE_CUDA=${CAFFE_CUDA:-auto}
 CAFFE_CUDNN=${CAFFE_CUDNN:-auto}
 CUDA_ARCH_BIN=${CUDA_ARCH_BIN:-60 70 75 80 86 89 90}
+CUDA_ARCH_PTX=${CUDA_ARCH_PTX:-}
 JOBS=${JOBS:-$(nproc)}
 
 SRC_PACKAGE=caffe
@@ -62,6 +65,10 @@ case "$JOBS" in ''|*[!0-9]*|0*) die "JOBS=$JOBS: expected a positive number of b
 for arch in $CUDA_ARCH_BIN; do
   [[ $arch =~ ^[0-9]{2,3}[a-z]?$ ]] \
     || die "CUDA_ARCH_BIN=\"$CUDA_ARCH_BIN\": $arch is not a compute capability (expected e.g. \"80 90\")"
+done
+for arch in $CUDA_ARCH_PTX; do
+  [[ $arch =~ ^[0-9]{2,3}$ ]] \
+    || die "CUDA_ARCH_PTX=\"$CUDA_ARCH_PTX\": $arch is not a compute capability (expected e.g. \"90\", or empty)"
 done
 [ -z "${CUDNN_ROOT:-}" ] || [ -d "$CUDNN_ROOT" ] \
   || die "CUDNN_ROOT=$CUDNN_ROOT: no such folder (expected cuDNN's prefix, with include/ and lib/)"
@@ -125,6 +132,14 @@ install_build_deps() {
   fi
 }
 
+command -v "$PYTHON" >/dev/null || die "PYTHON=$PYTHON: no such interpreter"
+# shellcheck source=tools/caffe_cuda.sh
+. "$HERE/caffe_cuda.sh"
+# NVIDIA's nvcc wheel (nvidia-cuda-nvcc) in PYTHON's environment serves when no nvcc is on PATH.
+if ! command -v nvcc >/dev/null && [ "$CAFFE_CUDA" != 0 ]; then
+  cu13=$(wheel_dir cu13)
+  [ ! -x "$cu13/bin/nvcc" ] || PATH=$cu13/bin:$PATH
+fi
 case "$CAFFE_CUDA" in
   auto) if command -v nvcc >/dev/null && nvidia-smi -L >/dev/null 2>&1; then CUDA=1; else CUDA=0; fi ;;
   0|1) CUDA=$CAFFE_CUDA ;;
@@ -144,10 +159,12 @@ if [ "$CUDA" = 1 ]; then
     [ ${#keep[@]} -gt 0 ] || die "CUDA_ARCH_BIN=\"$CUDA_ARCH_BIN\": this nvcc builds none of them (it has:$supported)"
     [ ${#drop[@]} = 0 ] || log "this nvcc cannot build for ${drop[*]}: left out of CUDA_ARCH_BIN"
     CUDA_ARCH_BIN="${keep[*]}"
+    for arch in $CUDA_ARCH_PTX; do
+      case "$supported" in *" $arch "*) ;; *) die "CUDA_ARCH_PTX=\"$CUDA_ARCH_PTX\": this nvcc has no compute_$arch (it has:$supported)" ;; esac
+    done
   fi
 fi
 
-command -v "$PYTHON" >/dev/null || die "PYTHON=$PYTHON: no such interpreter"
 read -r PY_EXE PY_VER PY_INC PY_LIB NUMPY_VER < <("$PYTHON" - <<'PY'
 import os, sys, sysconfig
 try:
@@ -168,12 +185,11 @@ if [ -n "$BUNDLE" ]; then
 fi
 
 # --- CUDA libraries and cuDNN (tools/caffe_cuda.sh) ---------------------------------------
-# shellcheck source=tools/caffe_cuda.sh
-. "$HERE/caffe_cuda.sh"
 cuda_args=() CUDNN_VERSION="" CUDNN_HEADER=""
 [ "$CUDA" = 0 ] || find_cuda_libraries
 
-MODE=$([ "$CUDA" = 1 ] && echo "cuda:${CUDA_ARCH_BIN// /,}${CUDNN_VERSION:++cudnn$CUDNN_VERSION}" || echo cpu)
+PTX=${CUDA_ARCH_PTX:+,ptx${CUDA_ARCH_PTX// /,ptx}}
+MODE=$([ "$CUDA" = 1 ] && echo "cuda:${CUDA_ARCH_BIN// /,}$PTX${CUDNN_VERSION:++cudnn$CUDNN_VERSION}" || echo cpu)
 SCRIPT_SHA=$(cat "${BASH_SOURCE[0]}" "$HERE"/caffe_{bundle,cuda}.sh "$HERE"/caffe_fixes/* | sha256sum | cut -c1-16)
 STAMP_TEXT="source=$SRC_VERSION mode=$MODE python=$PY_EXE/$PY_VER numpy=${NUMPY_VER%%.*} script=$SCRIPT_SHA fixes=datalayer-threads${FROM:+ deps=bundle}"
 STAMP=$CAFFE_ROOT/.caffe-transfer-build
@@ -221,7 +237,7 @@ cmake_args=(-DCMAKE_BUILD_TYPE=Release -DCMAKE_INSTALL_PREFIX="$CAFFE_ROOT"
   -DPYTHON_INCLUDE_DIR="$PY_INC" -DPYTHON_LIBRARY="$PY_LIB"
   -DCMAKE_POLICY_VERSION_MINIMUM=3.5)
 if [ "$CUDA" = 1 ]; then
-  cmake_args+=(-DCPU_ONLY=OFF -DCUDA_ARCH_NAME=Manual -DCUDA_ARCH_BIN="$CUDA_ARCH_BIN" -DCUDA_ARCH_PTX=""
+  cmake_args+=(-DCPU_ONLY=OFF -DCUDA_ARCH_NAME=Manual -DCUDA_ARCH_BIN="$CUDA_ARCH_BIN" -DCUDA_ARCH_PTX="$CUDA_ARCH_PTX"
     "${cuda_args[@]}")
 else
   cmake_args+=(-DCPU_ONLY=ON -DUSE_CUDNN=OFF)

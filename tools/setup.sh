@@ -4,13 +4,16 @@
 # by tools/install_caffe.sh (as root, through sudo when needed), and the demo's Fashion-MNIST
 # package. A second run takes seconds.
 #
-#   VENV=.venv  PYTHON_BASE=python3  CAFFE_ROOT=/opt/caffe  tools/setup.sh
+#   VENV=.venv  PYTHON_BASE=python3  CAFFE_ROOT=/opt/caffe  EXTRAS=test  tools/setup.sh
+# (EXTRAS: the package's extras to install with it; empty for none, as in the Docker image)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PYTHON_BASE=${PYTHON_BASE:-python3}
 export CAFFE_ROOT=${CAFFE_ROOT:-/opt/caffe}
+EXTRAS=${EXTRAS-test}
 die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
+[[ $EXTRAS =~ ^[a-z,]*$ ]] || die "EXTRAS=$EXTRAS: expected extras such as test, or nothing"
 [ ! -e "$VENV" ] || [ -d "$VENV" ] || die "VENV=$VENV: not a folder (expected the virtual environment's)"
 command -v "$PYTHON_BASE" >/dev/null || die "PYTHON_BASE=$PYTHON_BASE: no such interpreter (expected e.g. python3)"
 SUDO=""
@@ -35,6 +38,6 @@ PY="$VENV/bin/python"
 # numpy first: pycaffe is compiled against this environment's numpy headers.
 "$PY" -m pip install -q --disable-pip-version-check --upgrade pip numpy
 $SUDO env CAFFE_ROOT="$CAFFE_ROOT" PYTHON="$PY" bash tools/install_caffe.sh
-"$PY" -m pip install -q --disable-pip-version-check -e ".[test]"
+"$PY" -m pip install -q --disable-pip-version-check -e ".${EXTRAS:+[$EXTRAS]}"
 echo "[setup] done: $VENV/bin/caffe-transfer doctor" >&2
 "$VENV/bin/caffe-transfer" doctor
