@@ -82,3 +82,21 @@ def natman_plan(tmp_path: Path, pb2, *options: str) -> Path:
                                       "--data-root", str(data), "--fc8-outputs", "3", "--cpu", *options])
     assert result.exit_code == 0, result.output
     return out
+
+
+@pytest.fixture
+def one_gpu(tmp_path, monkeypatch):
+    """A PATH whose nvidia-smi reports one GPU, of the compute capability written into the file it
+    returns: the driver's answers, on a machine that has no GPU (Caffe stays real)."""
+    bin_dir, capability = tmp_path / "smi", tmp_path / "smi" / "capability"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text(f"""#!/bin/sh
+case "$*" in
+  -L) echo "GPU 0: NVIDIA Test (UUID: GPU-0)" ;;
+  *compute_cap*) cat {capability} ;;
+  *) exit 9 ;;
+esac
+""")
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    return capability

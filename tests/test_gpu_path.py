@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from caffe_transfer.common import protos
+from caffe_transfer.common import caffe_env, protos
 
 from .conftest import REPO
 
@@ -87,7 +87,10 @@ def load_tool(name: str):
 
 
 @pytest.mark.parametrize("args, line", [
-    (["--out", "/tmp/x"], "no --bundle"),
+    (["--out", "/tmp/x"], "no --bundle (or --installed)"),
+    (["--installed", "--bundle", "b", "--out", "/tmp/x"], "--installed builds nothing: it takes no --bundle"),
+    (["--installed", "--dry-run", "--out", "/tmp/x"], "--installed measures a GPU: it takes no --dry-run"),
+    (["--installed"], "no --out"),
     (["--bundle"], "--bundle needs a folder"),
     (["--bundle", "--out", "/tmp/x"], "--bundle needs a folder"),
     (["--bundle", "b", "--out"], "--out needs a folder"),
@@ -96,7 +99,57 @@ def load_tool(name: str):
 def test_gpu_check_usage_errors_are_one_line_and_exit_2(args, line):
     proc = subprocess.run(["bash", "tools/gpu_check.sh", *args], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 2
-    assert proc.stderr == f"[gpu_check] error: {line}: expected --bundle DIR --out DIR [--dry-run]\n"
+    assert proc.stderr == f"[gpu_check] error: {line}: expected --bundle DIR --out DIR [--dry-run], or --installed --out DIR\n"
+
+
+def cuda_stamp(root: Path, mode: str) -> Path:
+    """A CAFFE_ROOT whose build stamp records a CUDA build (in install_caffe.sh's MODE format)."""
+    root.mkdir()
+    stamp = (REPO / "tools" / "install_caffe.sh").read_text()
+    assert 'MODE=$([ "$CUDA" = 1 ] && echo "cuda:${CUDA_ARCH_BIN// /,}$PTX${CUDNN_VERSION:++cudnn$CUDNN_VERSION}"' in stamp
+    (root / ".caffe-transfer-build").write_text(f"source=x mode={mode} fixes=datalayer-threads\n")
+    return root
+
+
+@pytest.mark.parametrize("native, ptx, card, runs", [
+    (("80", "90"), ("90",), "8.0", True), (("80", "90"), ("90",), "8.6", True),  # sm_80 code on an A10 / RTX 30
+    (("80", "90"), ("90",), "7.5", False), (("80", "90"), ("90",), "12.0", True),  # PTX compiled on Blackwell
+    (("80", "90"), (), "10.0", False), (("86",), (), "8.0", False), (("90a",), (), "9.0", True),
+    (("90a",), (), "9.1", False),
+])
+def test_which_cards_a_build_runs_on(native, ptx, card, runs):
+    assert caffe_env.Kernels(native, ptx).serves(card) is runs
+
+
+def test_the_stamp_says_what_gpu_code_the_build_carries(tmp_path, monkeypatch, one_gpu):
+    monkeypatch.setenv("CAFFE_ROOT", str(cuda_stamp(tmp_path / "caffe", "cuda:80,90,ptx90+cudnn9.13.0")))
+    assert caffe_env.kernels() == caffe_env.Kernels(("80", "90"), ("90",))
+    one_gpu.write_text("7.5\n")
+    assert caffe_env.unserved_gpus() == ["7.5"]
+    kernels = next(c for c in caffe_env.doctor() if c.what == "kernels")
+    assert not kernels.ok and 'CUDA_ARCH_BIN="75"' in kernels.fix, kernels
+    one_gpu.write_text("9.0\n")
+    assert caffe_env.unserved_gpus() == []
+    monkeypatch.setenv("CAFFE_ROOT", str(cuda_stamp(tmp_path / "old", "cuda:90+cudnn9.13.0")))  # before PTX
+    assert caffe_env.kernels() == caffe_env.Kernels(("90",), ())
+
+
+def test_gpu_check_installed_refuses_a_build_that_cannot_run_on_the_card(tmp_path, monkeypatch, one_gpu):
+    """The image's `gpu-check`: a CPU-only Caffe, or one with no code for the card, is refused on
+    one line before anything is measured."""
+    one_gpu.write_text("7.5\n")
+    env = {**os.environ, "PYTHON": sys.executable}
+    out = tmp_path / "out"
+    cpu = subprocess.run(["bash", "tools/gpu_check.sh", "--installed", "--out", str(out)], cwd=REPO, env=env,
+                         capture_output=True, text=True)
+    assert cpu.returncode == 1 and cpu.stderr.count("\n") == 1 and "is a CPU-only build" in cpu.stderr, cpu.stderr
+    env["CAFFE_ROOT"] = str(cuda_stamp(tmp_path / "caffe", "cuda:80,90,ptx90+cudnn9.13.0"))
+    cuda = subprocess.run(["bash", "tools/gpu_check.sh", "--installed", "--out", str(out)], cwd=REPO, env=env,
+                          capture_output=True, text=True)
+    assert cuda.returncode == 1 and cuda.stderr.count("\n") == 1, cuda.stderr
+    assert ("has no code for compute capability 7.5 (native sm_80, sm_90; PTX compute_90): rebuild with "
+            'CUDA_ARCH_BIN="75"') in cuda.stderr
+    assert list(out.iterdir()) == []
 
 
 def test_the_checks_venv_sees_the_packages_of_a_python3_that_is_itself_a_venv(tmp_path):

@@ -29,11 +29,14 @@ iterations (CI runs it); its figures are the CPU's, the GPU-only steps are recor
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -407,6 +410,32 @@ def torch_caffenet(iterations: int = 20) -> dict:
 
 
 # --- the report ----------------------------------------------------------------------------
+def cuda_version() -> str:
+    """nvcc's release; where there is none (the Docker image keeps only the runtime), the version
+    of NVIDIA's CUDA runtime wheel."""
+    if shutil.which("nvcc"):
+        found = re.search(r"release ([0-9.]+)", subprocess.run(["nvcc", "--version"], capture_output=True,
+                                                                text=True).stdout)
+        return found.group(1) if found else "unknown"
+    try:
+        return "runtime " + importlib.metadata.version("nvidia-cuda-runtime")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def refuse_unfit_build() -> None:
+    """A GPU run needs a CUDA build with code for the card: one line and exit 1 otherwise, before
+    anything is measured."""
+    if not caffe_env.cuda_build():
+        sys.exit(f"[gpu_check] error: the Caffe in {caffe_env.caffe_root()} is a CPU-only build: expected a "
+                 "CUDA build (CAFFE_CUDA=1 tools/install_caffe.sh, or the caffe-transfer:cuda image)")
+    unserved = caffe_env.unserved_gpus()
+    if unserved:
+        sys.exit(f"[gpu_check] error: the Caffe in {caffe_env.caffe_root()} has no code for compute capability "
+                 f"{', '.join(unserved)} ({caffe_env.kernels()}): rebuild with CUDA_ARCH_BIN="
+                 f"\"{' '.join(c.replace('.', '') for c in unserved)}\"")
+
+
 def device(gpu: bool) -> dict:
     if not gpu:
         return {"name": f"CPU, {len(os.sched_getaffinity(0))} cores (dry run)", "driver": "none", "cuda": "none",
@@ -414,9 +443,7 @@ def device(gpu: bool) -> dict:
     smi = subprocess.run(["nvidia-smi", "-i", "0", "--query-gpu=name,driver_version,memory.total",
                           "--format=csv,noheader,nounits"], capture_output=True, text=True).stdout
     name, driver, memory = [x.strip() for x in smi.split(",")]
-    nvcc = subprocess.run(["nvcc", "--version"], capture_output=True, text=True).stdout
-    cuda = re.search(r"release ([0-9.]+)", nvcc)
-    return {"name": name, "driver": driver, "cuda": cuda.group(1) if cuda else "unknown",
+    return {"name": name, "driver": driver, "cuda": cuda_version(),
             "cudnn": caffe_env.cudnn_version(), "memory_mib": int(memory)}
 
 
@@ -427,6 +454,8 @@ def main() -> None:
     ap.add_argument("--build-seconds", type=float)
     args = ap.parse_args()
     gpu = not args.dry_run
+    if gpu:
+        refuse_unfit_build()
     cfg = {**(DRY if args.dry_run else REAL), "threads": data_threads()}
     out = args.out.resolve()
     arch = architecture(cfg["arch"], CLASSES)

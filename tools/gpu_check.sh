@@ -5,7 +5,11 @@
 # `plan --rates` reads) and OUT/report.json.
 #
 #   tools/gpu_check.sh --bundle DIR --out DIR [--dry-run]
+#   tools/gpu_check.sh --installed --out DIR
 #
+# --installed measures the CUDA Caffe already built in CAFFE_ROOT (default /opt/caffe) with PYTHON
+# (default the python3 on PATH), building nothing: the Docker image's `gpu-check` command. It
+# stops on one line where no GPU is visible, the build is CPU-only or it has no code for the card.
 # The bundle comes from `tools/install_caffe.sh --bundle DIR` (with BUNDLE_PYTHON set to the GPU
 # machine's Python version). --dry-run is every step that needs no GPU, on this CPU machine: it
 # writes the bundle if DIR has none, checks it, prints the build command a GPU machine runs,
@@ -15,8 +19,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 die() { printf '[gpu_check] error: %s\n' "$*" >&2; exit 1; }
-usage() { printf '[gpu_check] error: %s: expected --bundle DIR --out DIR [--dry-run]\n' "$*" >&2; exit 2; }
-BUNDLE="" OUT="" DRY=0
+usage() { printf '[gpu_check] error: %s: expected --bundle DIR --out DIR [--dry-run], or --installed --out DIR\n' "$*" >&2; exit 2; }
+BUNDLE="" OUT="" DRY=0 INSTALLED=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --bundle|--out)
@@ -24,15 +28,32 @@ while [ $# -gt 0 ]; do
       if [ "$1" = --bundle ]; then BUNDLE=$2; else OUT=$2; fi
       shift 2 ;;
     --dry-run) DRY=1; shift ;;
+    --installed) INSTALLED=1; shift ;;
     *) usage "unknown argument $1" ;;
   esac
 done
-[ -n "$BUNDLE" ] || usage "no --bundle"
+if [ "$INSTALLED" = 1 ]; then
+  [ -z "$BUNDLE" ] || usage "--installed builds nothing: it takes no --bundle"
+  [ "$DRY" = 0 ] || usage "--installed measures a GPU: it takes no --dry-run"
+else
+  [ -n "$BUNDLE" ] || usage "no --bundle (or --installed)"
+fi
 [ -n "$OUT" ] || usage "no --out"
 # Refused before anything is written: a machine without a GPU, without --dry-run.
-[ "$DRY" = 1 ] || command -v nvidia-smi >/dev/null || die "no nvidia-smi: this is not a GPU machine (use --dry-run)"
-mkdir -p "$OUT"
+if [ "$DRY" = 0 ]; then
+  command -v nvidia-smi >/dev/null \
+    || die "no GPU visible (no nvidia-smi): run this on a GPU machine; in Docker, docker run --gpus all (NVIDIA's container toolkit)"
+  nvidia-smi -L >/dev/null 2>&1 || die "nvidia-smi sees no GPU: $(nvidia-smi -L 2>&1 | head -n1)"
+fi
+mkdir -p "$OUT" || die "--out $OUT: cannot make that folder"
+[ -w "$OUT" ] || die "--out $OUT: not writable"
 OUT=$(cd "$OUT" && pwd)
+
+if [ "$INSTALLED" = 1 ]; then
+  PY=${PYTHON:-python3}
+  command -v "$PY" >/dev/null || die "PYTHON=$PY: no such interpreter"
+  exec env PYTHONPATH="$PWD" "$PY" tools/gpu_check.py --out "$OUT"
+fi
 
 if [ "$DRY" = 1 ]; then
   PY=${PYTHON:-.venv/bin/python}

@@ -154,6 +154,62 @@ def cudnn_version() -> str | None:
     return found.group(1) if found else None
 
 
+@dataclass(frozen=True)
+class Kernels:
+    """The GPU code a CUDA build carries: native code per architecture ("80", "90a") and PTX."""
+
+    native: tuple[str, ...]
+    ptx: tuple[str, ...]
+
+    def serves(self, capability: str) -> bool:
+        """Whether a card of compute capability "8.6" runs this build. Native code runs on its own
+        major version at its minor or above (sm_80 on an 8.6 card), except the "a" variants, which
+        run on their own card only; PTX runs on any card at or above it, compiled when Caffe loads."""
+        major, minor = (int(x) for x in capability.split("."))
+        card = major * 10 + minor
+
+        def native_runs(arch: str) -> bool:
+            if arch.endswith("a"):
+                return int(arch[:-1]) == card
+            arch_major, arch_minor = divmod(int(arch), 10)
+            return arch_major == major and arch_minor <= minor
+
+        return any(map(native_runs, self.native)) or any(int(p) <= card for p in self.ptx)
+
+    def __str__(self) -> str:
+        text = "native " + ", ".join(f"sm_{a}" for a in self.native)
+        return text + ("; PTX " + ", ".join(f"compute_{p}" for p in self.ptx) if self.ptx else "")
+
+
+def kernels() -> Kernels | None:
+    """What GPU code the build carries (the stamp's `mode=cuda:80,90,ptx90+cudnn...`); None for a
+    CPU build."""
+    found = re.search(r"\bmode=cuda:([^+\s]+)", build_stamp() or "")
+    if not found:
+        return None
+    parts = found.group(1).split(",")
+    return Kernels(tuple(p for p in parts if not p.startswith("ptx")),
+                   tuple(p[3:] for p in parts if p.startswith("ptx")))
+
+
+def gpu_capabilities() -> list[str]:
+    """The compute capability ("9.0") of each GPU the driver reports; none where nvidia-smi is
+    missing or sees none."""
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return []
+    proc = subprocess.run([smi, "--query-gpu=compute_cap", "--format=csv,noheader"], capture_output=True, text=True)
+    return [line.strip() for line in proc.stdout.splitlines() if re.fullmatch(r"\d+\.\d+", line.strip())] \
+        if proc.returncode == 0 else []
+
+
+def unserved_gpus() -> list[str]:
+    """The visible GPUs' compute capabilities that a CUDA build has no code for (a rebuild with
+    CUDA_ARCH_BIN set to them fixes it); none for a CPU build."""
+    carried = kernels()
+    return sorted({c for c in gpu_capabilities() if carried and not carried.serves(c)})
+
+
 DATA_THREADS_ENV = "CAFFE_DATA_THREADS"  # what the scheduler and SLURM tasks set for a GPU run
 DATA_THREADS_MAX = 64  # the patched DataLayer's own limit
 DATA_THREADS_AUTO = 4  # its automatic count at most
@@ -235,6 +291,11 @@ def doctor() -> list[Check]:
                             "" if gpus else "no GPU visible: check the driver (docker run --gpus all); a CUDA "
                                             "build cannot train without a GPU, even with --cpu (its data "
                                             "threads call CUDA): CAFFE_CUDA=0 builds a CPU-only Caffe"))
+        unserved = unserved_gpus()
+        checks.append(Check("kernels", not unserved, f"{kernels()}" + (
+            f": none for compute capability {', '.join(unserved)}" if unserved else ""),
+            f"rebuild for the card: CUDA_ARCH_BIN=\"{' '.join(c.replace('.', '') for c in unserved)}\" "
+            "tools/install_caffe.sh (the image: docker build --build-arg CUDA_ARCH_BIN=...)" if unserved else ""))
         cudnn = cudnn_version()
         checks.append(Check("cuDNN", True, f"cuDNN {cudnn} (layers run it unless gen --engine caffe; "
                             "its switches: gen --cudnn, docs/gpu.md)" if cudnn
