@@ -1,7 +1,8 @@
 """Nothing of the user's is overwritten, nothing stale is reused (issue 29), on real Caffe (CPU,
 the small net, tiny random-image LMDBs): outputs over inputs or over files the tool did not write
 are refused, snapshots no log explains are kept, a hand-edited solver or a changed base is never
-trained from silently, and a cut newest snapshot is passed over for the one before it.
+trained from silently, and a cut newest snapshot is passed over for the one before it; by
+`caffe-transfer train` and by the run folder's run.sh (Caffe alone) alike.
 """
 
 from __future__ import annotations
@@ -40,13 +41,25 @@ def _ok(*args: str | Path) -> subprocess.CompletedProcess:
     return proc
 
 
-def _refused(proc: subprocess.CompletedProcess, *fragments: str, above: bool = False) -> str:
+def _refused(proc: subprocess.CompletedProcess, *fragments: str, above: bool = False, prefix: str = "Error: ") -> str:
     """Exit 1 and one error line on stderr holding every fragment (the last, with `above`: a
-    build names each image it skips, and draws its bar, above it); the line."""
+    build names each image it skips, and draws its bar, above it); the line. run.sh's lines
+    have no `prefix`."""
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 1 and (above or len(lines) == 1), proc.stdout + proc.stderr
-    assert lines[-1].startswith("Error: ") and all(f in lines[-1] for f in fragments), lines[-1]
+    assert lines[-1].startswith(prefix) and all(f in lines[-1] for f in fragments), lines[-1]
     return lines[-1]
+
+
+def _train(route: str, run_dir: Path) -> subprocess.CompletedProcess:
+    """`caffe-transfer train`, or the folder's run.sh as SLURM tasks and Docker users run it."""
+    if route == "train":
+        return _cli("train", run_dir, "--quiet")
+    return subprocess.run(["bash", str(run_dir / "run.sh")], capture_output=True, text=True, env=ENV)
+
+
+def _prefix(route: str) -> str:
+    return "Error: " if route == "train" else ""
 
 
 def _gen(out: Path, data: Path, treatment: str, *options: str) -> Path:
@@ -172,13 +185,9 @@ def test_a_hand_edited_solver_is_not_resumed_under(runs, route):
     solver.write_text(solver.read_text().replace("max_iter: 20", "max_iter: 30").replace("base_lr: 0.01",
                                                                                         "base_lr: 0.5"))
     log = (run_dir / "train.log").read_bytes()
-    proc = _cli("train", run_dir, "--quiet") if route == "train" else subprocess.run(
-        ["bash", str(run_dir / "run.sh")], capture_output=True, text=True, env=ENV)
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode == 1 and len(lines) == 1, proc.stdout + proc.stderr
-    assert "half0A_iter_20.solverstate was made for another version of this run folder" in lines[0]
-    assert ("(solver.prototxt changed)" if route == "train" else "(solver changed)") in lines[0]
-    assert "move snapshots/ and train.log aside" in lines[0]
+    _refused(_train(route, run_dir), "half0A_iter_20.solverstate was made for another version of this run folder",
+             "(solver.prototxt changed)" if route == "train" else "(solver changed)",
+             "move snapshots/ and train.log aside", prefix=_prefix(route))
     assert (run_dir / "train.log").read_bytes() == log
 
 
@@ -194,15 +203,57 @@ def test_a_transfer_whose_base_changed_since_its_transplant_is_transplanted_agai
     assert record["base_sha256"] == hashlib.sha256(base.final_model.read_bytes()).hexdigest()
 
 
-def test_an_init_replaced_by_hand_is_neither_trained_from_nor_written_over(runs, data):
+@pytest.mark.parametrize("route", ["train", "run.sh"])
+def test_an_init_replaced_by_hand_is_neither_trained_from_nor_written_over(runs, data, route):
     transfer = _gen(runs / "transfer0A0B_1_2", data, "AnB", "--n", "2", "--split", "0")
     _ok("transplant", transfer)
     init = transfer / "init.caffemodel"
     shutil.copy(Run.load(runs / "half0A").snapshot(10), init)  # the user's own start
-    _refused(_cli("train", transfer, "--quiet"), f"{init} is not the file transplant wrote",
-             f"transplant again (caffe-transfer transplant {transfer}), or move it and transplant.json aside")
+    _refused(_train(route, transfer), f"{init} is not the file transplant wrote",
+             f"transplant again (caffe-transfer transplant {transfer}), or move it and transplant.json aside",
+             prefix=_prefix(route))
     assert init.read_bytes() == Run.load(runs / "half0A").snapshot(10).read_bytes()
-    assert not (transfer / "train.log").exists()
+    assert not (transfer / "train.log").is_file() or not (transfer / "train.log").read_bytes()  # Caffe never ran
+    assert not any((transfer / "snapshots").iterdir())
+
+
+@pytest.fixture(scope="module")
+def part_trained(trained, data, tmp_path_factory) -> Path:
+    """A runs folder of the trained base and transfer0A0B_1_2 trained from it to iteration 10, as
+    if killed before its snapshot at 20 (the log cut there, the files gone)."""
+    runs = tmp_path_factory.mktemp("part") / "runs"
+    shutil.copytree(trained, runs / "half0A")
+    transfer = _gen(runs / "transfer0A0B_1_2", data, "AnB", "--n", "2", "--split", "0")
+    _ok("train", transfer, "--quiet")
+    log = transfer / "train.log"
+    text = log.read_text()
+    log.write_text(text[: text.index("Snapshotting to binary proto file snapshots/transfer0A0B_1_2_iter_20")])
+    for suffix in (".caffemodel", ".solverstate"):
+        (transfer / "snapshots" / f"transfer0A0B_1_2_iter_20{suffix}").unlink()
+    return runs
+
+
+@pytest.mark.parametrize("route", ["train", "run.sh"])
+def test_a_transfer_part_trained_from_a_base_that_changed_since_is_not_resumed(part_trained, tmp_path, route):
+    shutil.copytree(part_trained, tmp_path / "runs")
+    transfer = Run.load(tmp_path / "runs" / "transfer0A0B_1_2")
+    assert transfer.state() == (State.STOPPED, "resumes from iteration 10")
+    base = Run.load(tmp_path / "runs" / "half0A").final_model
+    old = base.read_bytes()
+    shutil.copy(base.with_name("half0A_iter_10.caffemodel"), base)  # the base retrained: other weights, same place
+    before = {k: v for k, v in _digests(transfer.dir).items() if k != ".lock"}
+    line = _refused(_train(route, transfer.dir), "its snapshots were trained from",
+                    "half0A/snapshots/half0A_iter_20.caffemodel as it was before, and it has changed since: move "
+                    "snapshots/ and train.log aside to train afresh from it, or put the old base back",
+                    prefix=_prefix(route))
+    assert {k: v for k, v in _digests(transfer.dir).items() if k != ".lock"} == before
+    if route == "train":
+        assert transfer.state() == (State.FAILED, line.removeprefix("Error: "))
+
+    base.write_bytes(old)  # as the line says: the old base back, and it goes on
+    proc = _train(route, transfer.dir)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert transfer.state() == (State.DONE, "")
 
 
 def test_a_transfer_whose_base_is_not_finished_now_does_not_train_from_its_old_init(runs, data):
@@ -218,16 +269,19 @@ def test_a_transfer_whose_base_is_not_finished_now_does_not_train_from_its_old_i
 
 
 # --- snapshots that cannot be read, folders Caffe writes into ------------------------------------
-def test_a_cut_newest_caffemodel_is_passed_over_for_the_snapshot_before_it(runs):
+@pytest.mark.parametrize("cut", ["caffemodel", "caffemodel-empty", "solverstate"])
+@pytest.mark.parametrize("route", ["train", "run.sh"])
+def test_a_cut_newest_snapshot_is_passed_over_for_the_one_before_it(runs, route, cut):
     run = Run.load(runs / "half0A")
-    final = run.final_model
-    final.write_bytes(final.read_bytes()[: final.stat().st_size // 2])
+    final = run.final_model if cut.startswith("caffemodel") else run.snapshot(run.max_iter, ".solverstate")
+    final.write_bytes(b"" if cut.endswith("empty") else final.read_bytes()[: final.stat().st_size // 2])
     assert run.resume_state().iteration == 10 and run.state() == (State.STOPPED, "resumes from iteration 10")
-    proc = _ok("train", run.dir, "--quiet")
+    proc = _train(route, run.dir)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "half0A_iter_20.solverstate or its .caffemodel is cut short or unreadable: passed over" in proc.stderr
     last = [line for line in run.log.read_text().splitlines() if line.startswith("==> ")][-1]
     assert "resuming from half0A_iter_10.solverstate" in last and "passed over" in last, last
-    assert run.state() == (State.DONE, "") and read_caffemodel(final)
+    assert run.state() == (State.DONE, "") and read_caffemodel(run.final_model)
 
 
 def test_train_makes_the_snapshot_folder_caffe_writes_into(data, tmp_path):

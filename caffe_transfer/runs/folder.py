@@ -7,11 +7,12 @@ tasks and `run.sh` (rendered from what this module resolves) ask it and derive n
   `train.log`) record the one they were made for, so weights of an earlier version of the folder
   (or of a hand-edited solver) are never trained from; `transplant.json` also records the sha256
   of the base weights, so an init made from a base that changed since is made again, and of the
-  init, so one replaced by hand is refused (never written over);
+  init, so one replaced by hand is refused (never written over), and a transfer part-trained from
+  a base that has changed since is not resumed (it would mix two experiments);
 - a snapshot counts once `train.log` shows Caffe went on after writing its `.solverstate` (Caffe
   writes the `.caffemodel`, then the state, then logs its next line), so one cut short by a kill
-  is passed over for the one before it, as is one whose `.caffemodel` or `.solverstate` is cut;
-  the final snapshot is the one at `max_iter`;
+  is passed over for the one before it, as is one whose `.caffemodel` or `.solverstate` is cut
+  or empty (`_whole`); the final snapshot is the one at `max_iter`;
 - whole snapshots on disk that `train.log` never mentions (a log deleted, emptied or cut) are
   never overwritten by a fresh start: the run refuses until they are moved aside;
 - gen's files are gen's while treatment.json records their digests: others are the user's;
@@ -120,7 +121,7 @@ def script_values(treatment: Treatment, max_iter: int, fingerprint: Fingerprint,
             "base": base.name if base else None, "base_weights": base_weights,
             "base_dir": Path("..") / base.name if base and not base_given else None,
             "session": SESSION, "state_written": STATE_WRITTEN, "stopped_exit": STOPPED_EXIT,
-            "data_threads_max": DATA_THREADS_MAX, "killed_by": KILLED_STATUSES}
+            "data_threads_max": DATA_THREADS_MAX, "killed_by": KILLED_STATUSES, "fixed_wire_sizes": _FIXED}
 
 
 @dataclass(frozen=True)
@@ -218,8 +219,8 @@ class Run:
         return self.snapshot(self.max_iter)
 
     def snapshots(self) -> list[Snapshot]:
-        """The snapshots train.log shows written to the end whose files are there, last written
-        last; those of an earlier version of the folder (another prefix, too) among them."""
+        """The snapshots train.log shows written to the end whose files are there (whole or not),
+        last written last; those of an earlier version of the folder (another prefix, too) among them."""
         if not self.log.is_file():
             return []
         stat = self.log.stat()
@@ -227,7 +228,7 @@ class Run:
         for (prefix, iteration), fingerprint in written(self.log, stat.st_size, stat.st_mtime_ns).items():
             state, model = (self.dir / snapshot_file(prefix, iteration, suffix) for suffix in (".solverstate",
                                                                                               ".caffemodel"))
-            if _filled(state) and _filled(model):
+            if state.is_file() and model.is_file():
                 found.append(Snapshot(iteration, state, model, fingerprint))
         return found
 
@@ -235,18 +236,21 @@ class Run:
         """The newest snapshot Caffe can resume from, or None (the rule run.sh follows too); it
         is this version's unless `stale` says otherwise.
 
-        A state Caffe cannot read, or a .caffemodel cut short, is passed over as well. One whose
+        One whose .solverstate or .caffemodel is not whole (cut short or empty: `_whole`, which
+        run.sh checks too), or whose state Caffe cannot read, is passed over as well. One whose
         `learned_net` points elsewhere (a run folder that was moved, an absolute snapshot prefix)
         is repointed at the .caffemodel beside it, because Caffe opens that path relative to its
         working directory."""
         pb2 = caffe_pb2()
         for snap in reversed(self.snapshots()):
+            if not (_whole(snap.state) and _whole(snap.model)):
+                continue
             state = pb2.SolverState()
             try:
                 state.ParseFromString(snap.state.read_bytes())
             except DecodeError:
                 continue
-            if state.iter != snap.iteration or not _whole(snap.model):
+            if state.iter != snap.iteration:
                 continue
             wanted = str(snap.model.relative_to(self.dir))
             if state.learned_net != wanted and not (self.dir / state.learned_net).is_file():
@@ -289,14 +293,21 @@ class Run:
         snap = self.resume_state()
         return snap is not None and snap.iteration >= self.max_iter and not self.stale(snap)
 
+    def _record(self) -> dict:
+        """transplant.json: what the init was made for, and from; {} when there is none."""
+        try:
+            record = json.loads((self.dir / RECORD).read_text())
+        except (OSError, ValueError):
+            return {}
+        return record if isinstance(record, dict) else {}
+
     def init_problem(self) -> str | None:
         """Why init.caffemodel is not this run's start (missing, or made for another version of
         the folder or from another base), or None when it is."""
         if not self.init_weights.is_file():
             return f"no {INIT}"
-        try:
-            record = json.loads((self.dir / RECORD).read_text())
-        except (OSError, ValueError):
+        record = self._record()
+        if not record:
             return f"{INIT} has no {RECORD}"
         made_for = Fingerprint.parse(record.get("fingerprint") or "")
         if made_for != self.fingerprint:
@@ -311,17 +322,33 @@ class Run:
             return f"its base {self.treatment.base.name} has no final snapshot of this version now"
         if record.get("base") != str(base) and not self.description["base_weights_given"]:
             return f"{INIT} was made from {record.get('base')}, and the base is now {base}"
-        if record.get("base_sha256") not in (None, sha256(base)):
+        if _changed_since(record, base):
             return f"{INIT} was made from {base} as it was before: it has changed since"
         return None
+
+    def base_changed(self, snap: Snapshot | None) -> str | None:
+        """Why a transfer must not go on from `snap`: its init was made (transplant.json, of this
+        version of the folder, from the run's own base) from base weights that have changed since
+        (retrained or replaced), and resuming would mix two experiments. One line with the way
+        out, or None; a finished transfer is a whole experiment of its base as it was, and a base
+        not finished now (or gone) leaves nothing to compare. run.sh follows the same rule."""
+        record = self._record()
+        if (snap is None or snap.iteration >= self.max_iter or self.treatment.kind is not Kind.TRANSFER
+                or record.get("base_chosen") or Fingerprint.parse(record.get("fingerprint") or "") != self.fingerprint):
+            return None
+        try:
+            base = self.base_weights()
+        except CaffeTransferError:
+            return None
+        if not _changed_since(record, base):
+            return None
+        return (f"{self.dir}: its snapshots were trained from {base} as it was before, and it has changed "
+                f"since: move {SNAPSHOT_DIR}/ and {LOG} aside to train afresh from it, or put the old base back")
 
     def init_replaced(self) -> str | None:
         """Why init.caffemodel is not the file transplant wrote (its sha256 in transplant.json),
         in one line with the way out; or None. It may be the user's: it is never written over."""
-        try:
-            wanted = json.loads((self.dir / RECORD).read_text()).get("init_sha256")
-        except (OSError, ValueError, AttributeError):
-            return None
+        wanted = self._record().get("init_sha256")
         if wanted is None or not self.init_weights.is_file() or sha256(self.init_weights) == wanted:
             return None
         return (f"{self.init_weights} is not the file transplant wrote ({RECORD} records another sha256): "
@@ -334,7 +361,7 @@ class Run:
         if held_by:
             return State.RUNNING, held_by
         snap = self.resume_state()
-        problem = self.stale(snap) or self.unrecorded(snap)
+        problem = self.stale(snap) or self.unrecorded(snap) or self.base_changed(snap)
         if problem:
             return State.FAILED, problem
         if snap and snap.iteration >= self.max_iter:
@@ -388,17 +415,18 @@ class Run:
             f"exist: train the base first (caffe-transfer train {beside})")
 
 
-def _filled(path: Path) -> bool:
-    return path.is_file() and path.stat().st_size > 0
+def _changed_since(record: dict, base: Path) -> bool:
+    """transplant.json records the sha256 the base weights had, and they have another now."""
+    return record.get("base_sha256") not in (None, sha256(base))
 
 
-_FIXED = {1: 8, 5: 4}  # protobuf wire types of fixed size: their bytes
+_FIXED = {1: 8, 5: 4}  # protobuf wire types of fixed size: their bytes (run.sh's `whole` prints them)
 
 
 def _whole(path: Path) -> bool:
     """The file ends where its last top-level protobuf field ends. A .caffemodel or .solverstate
     cut short (a kill, a full disk) ends inside one, as its layers are length-delimited; this
-    reads the field keys only, never the weights."""
+    reads the field keys only, never the weights. run.sh's `whole` walks the file the same way."""
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:

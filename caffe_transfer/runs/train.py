@@ -4,8 +4,9 @@ The run folder (`folder.py`) says where a session begins: from its newest snapsh
 `-snapshot` with `-weights`, which Caffe refuses), else from the weights `transplant` wrote
 (transfers and random-frozen nets; made on the spot when missing, and made again when they were
 made for another version of the folder or from a base that changed since, with a note saying
-so), else from the filler init. Snapshots of another version, or snapshots on disk that train.log
-does not record, are refused; a newest snapshot that cannot be read is passed over, with a note.
+so), else from the filler init. Snapshots of another version, snapshots on disk that train.log
+does not record, and a transfer's snapshots trained from a base that has changed since, are
+refused; a newest snapshot that is cut short or cannot be read is passed over, with a note.
 The trainer holds the folder's lock and hands it to Caffe, which runs in the run folder in a
 process group of its own, its log appended to `train.log` line by line, with a progress bar of
 iteration, loss, latest val accuracy and time left. SIGINT, SIGTERM or SIGHUP to the trainer (or to its process group, which Caffe is not in)
@@ -67,7 +68,7 @@ def start(run: Run) -> Start:
     """Where the next session of `run` begins; makes the transplant a transfer needs first.
     The caller holds the run folder."""
     resume = run.resume_state()
-    problem = run.stale(resume) or run.unrecorded(resume)
+    problem = run.stale(resume) or run.unrecorded(resume) or run.base_changed(resume)
     if problem:
         raise CaffeTransferError(problem)
     run.snapshot(0).parent.mkdir(parents=True, exist_ok=True)  # Caffe writes there, and makes no folder

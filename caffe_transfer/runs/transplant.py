@@ -151,9 +151,11 @@ def make_init(run: Run, base: str | Path | None, out: Path, seed: int | None) ->
         net.put(name, blobs)
     layers = _describe(run, net.params, base_path)
 
+    # run.sh reads fingerprint, base_chosen, base_sha256 and init_sha256 as json.dumps(indent=2)
+    # writes them: one top-level key a line.
     record = {
         "run": run.name, "treatment": t.notation, "family": t.family,
-        "fingerprint": str(run.fingerprint),  # of the folder this init was made for (run.sh greps this line)
+        "fingerprint": str(run.fingerprint),  # of the folder this init was made for
         "init": str(out), "seed": seed, "seed_note": net.seed_note, "filled_by": net.route,
         "base": str(base_path) if base_path else None, "base_chosen": base is not None,
         "base_sha256": hashlib.sha256(raw).hexdigest() if base_path else None,
