@@ -52,7 +52,8 @@ RUN EXTRAS="" VENV=/opt/venv tools/setup.sh \
  && rm -rf "$CAFFE_ROOT/cache" "$CAFFE_ROOT/include" /var/lib/apt/lists/*
 
 FROM ${BASE}
-ENV CAFFE_ROOT=/opt/caffe DEBIAN_FRONTEND=noninteractive
+# NVIDIA's container toolkit mounts the driver's CUDA library and nvidia-smi (the GPU check asks it).
+ENV CAFFE_ROOT=/opt/caffe DEBIAN_FRONTEND=noninteractive NVIDIA_DRIVER_CAPABILITIES=compute,utility
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 COPY --from=build /opt/runtime-debs.txt /opt/runtime-debs.txt
 # The libraries Caffe loads, Python for the venv, and the demo's data (Fashion-MNIST).
