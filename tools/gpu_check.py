@@ -432,8 +432,7 @@ def refuse_unfit_build() -> None:
     unserved = caffe_env.unserved_gpus()
     if unserved:
         sys.exit(f"[gpu_check] error: the Caffe in {caffe_env.caffe_root()} has no code for compute capability "
-                 f"{', '.join(unserved)} ({caffe_env.kernels()}): rebuild with CUDA_ARCH_BIN="
-                 f"\"{' '.join(c.replace('.', '') for c in unserved)}\"")
+                 f"{', '.join(unserved)} ({caffe_env.kernels()}): rebuild with {caffe_env.arch_bin(unserved)}")
 
 
 def device(gpu: bool) -> dict:

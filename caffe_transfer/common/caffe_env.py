@@ -203,6 +203,11 @@ def gpu_capabilities() -> list[str]:
         if proc.returncode == 0 else []
 
 
+def arch_bin(capabilities: list[str]) -> str:
+    """The CUDA_ARCH_BIN setting that builds code for these compute capabilities ("7.5" -> 75)."""
+    return f"CUDA_ARCH_BIN=\"{' '.join(c.replace('.', '') for c in capabilities)}\""
+
+
 def unserved_gpus() -> list[str]:
     """The visible GPUs' compute capabilities that a CUDA build has no code for (a rebuild with
     CUDA_ARCH_BIN set to them fixes it); none for a CPU build."""
@@ -294,8 +299,8 @@ def doctor() -> list[Check]:
         unserved = unserved_gpus()
         checks.append(Check("kernels", not unserved, f"{kernels()}" + (
             f": none for compute capability {', '.join(unserved)}" if unserved else ""),
-            f"rebuild for the card: CUDA_ARCH_BIN=\"{' '.join(c.replace('.', '') for c in unserved)}\" "
-            "tools/install_caffe.sh (the image: docker build --build-arg CUDA_ARCH_BIN=...)" if unserved else ""))
+            f"rebuild for the card: {arch_bin(unserved)} tools/install_caffe.sh "
+            "(the image: docker build --build-arg CUDA_ARCH_BIN=...)" if unserved else ""))
         cudnn = cudnn_version()
         checks.append(Check("cuDNN", True, f"cuDNN {cudnn} (layers run it unless gen --engine caffe; "
                             "its switches: gen --cudnn, docs/gpu.md)" if cudnn
