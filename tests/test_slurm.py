@@ -58,7 +58,7 @@ def _wait(condition, what: str, timeout: float = 300) -> None:
 
 
 def test_plan_runs_on_slurm_in_dependency_order_and_a_cancelled_job_resumes(slurm_cluster, tmp_path, pb2):
-    out = natman_plan(tmp_path, pb2, "--scheduler", "slurm", "--solver", "max_iter=60", "--solver", "snapshot=20",
+    out = natman_plan(tmp_path, pb2, "--scheduler", "slurm", "--solver", "max_iter=120", "--solver", "snapshot=20",
                       "--solver", "test_interval=20", "--solver", "test_iter=1", "--solver", "display=5")
     submit = subprocess.run(["bash", str(out / "slurm" / "submit.sh")], capture_output=True, text=True)
     assert submit.returncode == 0, submit.stdout + submit.stderr
@@ -78,13 +78,15 @@ def test_plan_runs_on_slurm_in_dependency_order_and_a_cancelled_job_resumes(slur
     sessions = [line for line in base.log.read_text().splitlines() if line.startswith(HEADER)]
     assert len(sessions) == 2 and "resuming from halfnatmanA_iter_" in sessions[1], sessions
     stopped_at = int(re.search(r"_iter_(\d+)\.solverstate", sessions[1])[1])
-    assert 25 <= stopped_at < 60  # the snapshot the signal asked for (or a periodic one just before)
+    # the snapshot the signal asked for (or a periodic one just before): how far past 25 depends
+    # on how soon slurmd delivers scancel's signal, seconds on a loaded machine
+    assert 25 <= stopped_at < 120
     task_log = "".join(p.read_text() for p in (out / "slurm" / "logs").glob("ct-first_0_*.out"))
     assert "stopped with a snapshot: requeueing" in task_log and "(restart 1)" in task_log
 
     for entry in runs:
         run = Run.load(out / entry.name)
-        assert logs.parse_file(run.log).test[-1]["NumIters"] == 60
+        assert logs.parse_file(run.log).test[-1]["NumIters"] == 120
         assert list((out / "slurm" / "logs").glob(f"ct-{entry.base or 'first'}_*.out"))
         if entry.base:  # started only after its own base had finished
             assert run.init_weights.stat().st_mtime_ns >= Run.load(out / entry.base).final_model.stat().st_mtime_ns
